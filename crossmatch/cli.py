@@ -1,0 +1,108 @@
+"""Command line: ``crossmatch preprocess | train | evaluate | config``.
+
+Each sub-command is one call into the package; Snakemake rules call these
+and nothing else. Errors meant for the user (bad data, bad config, a
+diverged loss) are printed without a traceback and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import CrossMatchError
+
+EPILOG_CONFIG = ("Config keys and defaults: `crossmatch config` (or README, 'Configuration'). "
+                 "Override any key with --set section.key=value, e.g. --set train.iterations=1500.")
+
+
+def _preprocess(a: argparse.Namespace) -> None:
+    from .data.preprocess import preprocess
+    m = preprocess(a.dataset, a.raw, a.out, a.missing_cases)
+    print(f"{a.dataset}: {m['n_present']} of {m['n_listed']} listed cases written to {a.out}")
+
+
+def _train(a: argparse.Namespace) -> None:
+    from . import config
+    from .train import train
+    cfg = config.load(a.config, a.set)
+    if a.print_config:
+        import yaml
+        print(yaml.safe_dump(cfg, sort_keys=False))
+        return
+    path = train(cfg, a.out, stop_after=a.stop_after)
+    print(f"checkpoint: {path}")
+
+
+def _evaluate(a: argparse.Namespace) -> None:
+    from .evaluate import CHECKPOINTS, evaluate_run
+    for ckpt in (CHECKPOINTS if a.checkpoint == "both" else (a.checkpoint,)):
+        s = evaluate_run(a.run, ckpt, a.device, save_predictions=not a.no_predictions, limit=a.limit)
+        per = ", ".join(f"{n} {100 * s['per_class'][str(i + 1)]['dice']['mean']:.1f}"
+                        for i, n in enumerate(s["class_names"]))
+        print(f"{ckpt} (iteration {s['iteration']}): mean Dice {100 * s['mean']['dice']['mean']:.2f} "
+              f"[{per}] on {s['n_test_cases']} test cases -> {a.run}/eval/{ckpt}/")
+
+
+def _config(a: argparse.Namespace) -> None:
+    from .config import describe
+    print(describe())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data.specs import DATASETS
+    p = argparse.ArgumentParser(prog="crossmatch", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("preprocess", help="validate raw data and write the preprocessed root",
+                       description="Read the raw dataset, validate every case (readable, label range), "
+                                   "write volumes/, slices/ (2D) and manifest.json.")
+    s.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    s.add_argument("--raw", required=True, help="raw data folder (acdc: SSL4MIS h5 volumes; "
+                   "la: <CASE>/mri_norm2.h5)")
+    s.add_argument("--out", required=True, help="preprocessed root, e.g. results/data/acdc")
+    s.add_argument("--missing-cases", default="error", choices=("error", "subset"),
+                   help="cases named in the split lists but absent: fail (default) or skip them")
+    s.set_defaults(func=_preprocess)
+
+    s = sub.add_parser("train", help="train one experiment (resumes automatically)",
+                       description="Train one experiment into --out. Re-running the same command "
+                                   "resumes from the last checkpoint.", epilog=EPILOG_CONFIG)
+    s.add_argument("--config", help="experiment YAML (sections dataset, model, method, train, eval)")
+    s.add_argument("--out", required=False, help="run directory, e.g. results/runs/<experiment id>")
+    s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config key (repeatable)")
+    s.add_argument("--stop-after", type=int, default=None,
+                   help="stop after N iterations of this call (simulates an interruption)")
+    s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    s.set_defaults(func=_train)
+
+    s = sub.add_parser("evaluate", help="evaluate a run on the test split",
+                       description="Evaluate the final and/or best-on-validation checkpoint of a run "
+                                   "on the test split; writes eval/<checkpoint>/metrics_per_case.csv, "
+                                   "summary.json and predictions/.")
+    s.add_argument("--run", required=True, help="run directory written by `crossmatch train`")
+    s.add_argument("--checkpoint", default="both", choices=("final", "best", "both"))
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-predictions", action="store_true", help="do not save predicted label maps")
+    s.add_argument("--limit", type=int, default=0, help="evaluate the first N test cases only (0: all)")
+    s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("config", help="print every config key with its default")
+    s.set_defaults(func=_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train" and not args.out and not args.print_config:
+        build_parser().error("train: --out is required")
+    try:
+        args.func(args)
+    except CrossMatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

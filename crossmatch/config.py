@@ -1,0 +1,208 @@
+"""Experiment configuration: defaults, per-dataset presets, validation, ids.
+
+An experiment config is YAML with four sections. Every key, its default and
+its meaning is in ``DEFAULTS`` below (the README's configuration table is
+generated from the same text); method hyperparameters are declared by the
+method class itself (``crossmatch.methods``).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .data.specs import get_spec
+from .errors import ConfigError
+from .methods import get_method
+
+# key: (default, help). None as default means "from the dataset spec".
+DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
+    "dataset": {
+        "name": ("acdc", "dataset: acdc | la"),
+        "root": ("results/data/acdc", "preprocessed root written by `crossmatch preprocess`"),
+        "labeled": (3, "labeled count of the standard lists (acdc 1/3/7/14 patients, la 4/8/16 cases)"),
+        "missing_cases": ("error", "cases named in a list but absent: error | subset (drop them)"),
+        "splits": ({}, "optional list files replacing the standard ones, by role: "
+                       "labeled, unlabeled, val, test"),
+    },
+    "model": {
+        "dropout_type": ("dropout", "feature perturbation: dropout | alpha | feature_alpha"),
+        "fp_gap": (0.5, "weak/strong feature dropout p = 0.5 -/+ gap/2"),
+        "stack_streams": (True, "decode perturbed streams in one stacked batch (false: loop)"),
+    },
+    "train": {
+        "iterations": (30000, "training iterations"),
+        "batch_size": (12, "labeled batch size (unlabeled and mix batches are the same size)"),
+        "crop": (None, "training size: 2D resize / 3D random crop (default: the dataset's)"),
+        "optimizer": ("sgd", "sgd | adamw"),
+        "lr": (0.01, "base learning rate"),
+        "momentum": (0.9, "SGD momentum"),
+        "nesterov": (True, "SGD with Nesterov momentum (as the CrossMatch reference code)"),
+        "weight_decay": (1e-4, "weight decay"),
+        "poly_power": (0.9, "poly schedule: lr * (1 - it / poly_iterations) ** power"),
+        "poly_iterations": (None, "length of the poly schedule (default: iterations)"),
+        "seed": (0, "seed of weights, sampling, augmentation and dropout"),
+        "val_every": (200, "validate every N iterations (0: never; best = final)"),
+        "ckpt_every": (500, "write the resumable checkpoint every N iterations"),
+        "log_every": (10, "flush the CSV log every N iterations"),
+        "num_workers": (1, "data loader worker processes (0: main process)"),
+        "device": ("auto", "auto (cuda if available) | cpu | cuda | cuda:N"),
+        "amp": (True, "mixed precision on CUDA (ignored on CPU)"),
+        "threads": (0, "torch CPU threads (0: torch's default)"),
+    },
+    "eval": {
+        "stride": (None, "3D sliding-window stride for the test set (default: the dataset's)"),
+        "val_stride": (None, "3D stride during validation (default: half the patch, for speed)"),
+        "val_cases": (0, "validate on the first N validation cases only (0: all)"),
+    },
+}
+
+DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "acdc": {"train": {"batch_size": 12, "optimizer": "sgd", "lr": 0.01, "iterations": 30000}},
+    "la": {"train": {"batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "iterations": 14000,
+                     "poly_iterations": 17000}},
+}
+SECTIONS = (*DEFAULTS, "method")
+
+
+def _check_type(key: str, value: Any, default: Any) -> None:
+    if default is None or value is None:
+        return
+    ok = isinstance(value, type(default))
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    if not ok:
+        raise ConfigError(f"{key}: expected {type(default).__name__}, got {value!r}")
+
+
+def resolve(raw: dict[str, Any]) -> dict[str, Any]:
+    """Fill defaults, check every key and value, return the full config.
+
+    Raises ConfigError naming the offending key (``section.key``) and the
+    valid choices.
+    """
+    raw = copy.deepcopy(raw or {})
+    unknown = set(raw) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; valid: {list(SECTIONS)}")
+    cfg: dict[str, Any] = {}
+    name = (raw.get("dataset") or {}).get("name", DEFAULTS["dataset"]["name"][0])
+    try:
+        spec = get_spec(name)
+    except ValueError as e:
+        raise ConfigError(f"dataset.name: {e}") from None
+    for section, keys in DEFAULTS.items():
+        given = raw.get(section) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"{section}: expected a mapping, got {given!r}")
+        bad = set(given) - set(keys)
+        if bad:
+            raise ConfigError(f"{section}.{sorted(bad)[0]}: unknown key; valid keys: {sorted(keys)}")
+        preset = DATASET_PRESETS.get(name, {}).get(section, {})
+        cfg[section] = {}
+        for key, (default, _) in keys.items():
+            value = given.get(key, preset.get(key, default))
+            _check_type(f"{section}.{key}", value, default)
+            cfg[section][key] = value
+    if "root" not in (raw.get("dataset") or {}):
+        cfg["dataset"]["root"] = f"results/data/{name}"
+    method_raw = dict(raw.get("method") or {})
+    mname = method_raw.pop("name", "crossmatch")
+    try:
+        method = get_method(mname)
+    except ValueError as e:
+        raise ConfigError(f"method.name: {e}") from None
+    cfg["method"] = {"name": mname, **method.hyperparameters(name, method_raw)}
+
+    t, d = cfg["train"], cfg["dataset"]
+    t["crop"] = list(t["crop"] or spec.crop)
+    if len(t["crop"]) != spec.dim or any(int(c) % 16 for c in t["crop"]):
+        raise ConfigError(f"train.crop: need {spec.dim} sizes divisible by 16, got {t['crop']}")
+    t["poly_iterations"] = t["poly_iterations"] or t["iterations"]
+    if t["optimizer"] not in ("sgd", "adamw"):
+        raise ConfigError(f"train.optimizer must be sgd or adamw, got {t['optimizer']!r}")
+    for key in ("iterations", "batch_size"):
+        if t[key] < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
+    if t["poly_iterations"] < t["iterations"]:
+        raise ConfigError("train.poly_iterations must be >= train.iterations")
+    if d["labeled"] != "all" and d["labeled"] not in spec.labeled_counts:
+        raise ConfigError(f"dataset.labeled: {d['labeled']} has no split lists for {name}; "
+                          f"choose one of {list(spec.labeled_counts)}")
+    if d["missing_cases"] not in ("error", "subset"):
+        raise ConfigError(f"dataset.missing_cases must be error or subset, got {d['missing_cases']!r}")
+    bad_roles = set(d["splits"]) - {"labeled", "unlabeled", "val", "test"}
+    if bad_roles:
+        raise ConfigError(f"dataset.splits.{sorted(bad_roles)[0]}: unknown role; "
+                          "valid: labeled, unlabeled, val, test")
+    if cfg["model"]["dropout_type"] not in ("dropout", "alpha", "feature_alpha"):
+        raise ConfigError("model.dropout_type must be dropout | alpha | feature_alpha, "
+                          f"got {cfg['model']['dropout_type']!r}")
+    if spec.dim == 3:
+        e = cfg["eval"]
+        e["stride"] = list(e["stride"] or spec.eval_stride)
+        e["val_stride"] = list(e["val_stride"] or [p // 2 for p in spec.eval_patch])
+    return cfg
+
+
+def load(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a YAML config (or start empty), apply ``section.key=value``
+    overrides (values parsed as YAML), and resolve it."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        section, sub = key.split(".", 1)
+        raw.setdefault(section, {})
+        if raw[section] is None:
+            raw[section] = {}
+        raw[section][sub] = yaml.safe_load(value)
+    return resolve(raw)
+
+
+def experiment_id(cfg: dict[str, Any]) -> str:
+    """``<dataset>/<method>/l<labeled>/<settings>/s<seed>``, e.g.
+    ``acdc/crossmatch/l3/tau0.95-eta0.3/s0``: the path says what it holds.
+    Settings spell the method's id keys and every non-default model or
+    method option."""
+    m = cfg["method"]
+    method = get_method(m["name"])
+    base = {**method.defaults, **method.dataset_defaults.get(cfg["dataset"]["name"], {})}
+    parts = [f"{k}{m[k]}" for k in method.id_keys]
+    parts += [f"{k}{m[k]}" for k in base if k not in method.id_keys and m[k] != base[k]]
+    parts += [f"{k}{v}" for k, v in cfg["model"].items() if v != DEFAULTS["model"][k][0]]
+    settings = "-".join(parts) or "default"
+    return f"{cfg['dataset']['name']}/{m['name']}/l{cfg['dataset']['labeled']}/{settings}/s{cfg['train']['seed']}"
+
+
+def describe() -> str:
+    """Markdown table of every key with its default and meaning."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for section, keys in DEFAULTS.items():
+        for key, (default, help_) in keys.items():
+            text = help_.replace("|", "\\|")  # a pipe would end the Markdown cell
+            lines.append(f"| `{section}.{key}` | `{default}` | {text} |")
+    from .methods import METHODS
+    for name, cls in METHODS.items():
+        for key, default in cls.defaults.items():
+            extra = {d: v[key] for d, v in cls.dataset_defaults.items() if key in v}
+            note = f" (per dataset: {extra})" if extra else ""
+            lines.append(f"| `method.{key}` ({name}) | `{default}`{note} | see `crossmatch/methods/{name}.py` |")
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""What the pipeline knows about each dataset: one registry entry each.
+
+A new dataset is one ``DatasetSpec`` here plus a preprocessing function in
+``crossmatch.data.preprocess``; nothing else names datasets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SPLITS_DIR = Path(__file__).resolve().parents[2] / "config" / "splits"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    dim: int                       # 2: trained on slices, 3: on patches
+    n_classes: int                 # including background
+    class_names: tuple[str, ...]   # foreground classes
+    in_channels: int
+    crop: tuple[int, ...]          # training crop/resize size
+    labeled_counts: tuple[int, ...]
+    eval_patch: tuple[int, ...] = ()   # 3D sliding window
+    eval_stride: tuple[int, ...] = ()
+    spacing: tuple[float, ...] | None = None  # voxel spacing (mm) when files lack it
+    intensity_range: tuple[float, float] | None = None  # clip colour jitter to it (min-max data)
+    # list files under config/splits/<name>/, by role; {n} is the labeled count
+    lists: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def split_dir(self) -> Path:
+        return SPLITS_DIR / self.name
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "acdc": DatasetSpec(
+        name="acdc", dim=2, n_classes=4, class_names=("RV", "Myo", "LV"), in_channels=1,
+        crop=(256, 256), labeled_counts=(1, 3, 7, 14),
+        # the SSL4MIS h5 volumes carry no spacing: mm metrics need the raw NIfTI
+        spacing=None, intensity_range=(0.0, 1.0),
+        lists={"labeled": "{n}/labeled.txt", "unlabeled": "{n}/unlabeled.txt",
+               "val": "val.txt", "test": "test.txt", "train": "train_slices.txt"},
+    ),
+    "la": DatasetSpec(
+        name="la", dim=3, n_classes=2, class_names=("LA",), in_channels=1,
+        crop=(112, 112, 80), labeled_counts=(4, 8, 16),
+        eval_patch=(112, 112, 80), eval_stride=(18, 18, 4),
+        spacing=(0.625, 0.625, 0.625),
+        lists={"labeled": "train_{n}_label.list", "unlabeled": "train_{n}_unlabel.list",
+               "val": "val.list", "test": "test.list", "train": "train.list"},
+    ),
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}") from None

@@ -1,0 +1,140 @@
+"""Split lists: reading, checking against the disk, carving validation.
+
+List files are shipped in ``config/splits/<dataset>/`` verbatim from the
+community (SSL4MIS/UniMatch for ACDC, UA-MT for LA). Entries are reduced to
+case ids (``data/slices/patient099_frame01_slice_15.h5`` ->
+``patient099_frame01_slice_15``). Training lists of 2D datasets name slices,
+every other list names volumes.
+"""
+from __future__ import annotations
+
+import random
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+from .specs import DatasetSpec
+
+MISSING_POLICIES = ("error", "subset")
+VAL_SEED = 2026        # the seed that carved config/splits/la/val.list
+VAL_SIZE = 8
+
+
+def case_id(entry: str) -> str:
+    name = entry.strip().rsplit("/", 1)[-1]
+    return name[:-3] if name.endswith(".h5") else name
+
+
+def read_list(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"split list {path} not found")
+    return [case_id(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def volume_of(slice_id: str) -> str:
+    """``patient099_frame01_slice_15`` -> ``patient099_frame01``."""
+    return slice_id.rsplit("_slice_", 1)[0]
+
+
+def carve_validation(train: list[str], exclude: set[str], n: int = VAL_SIZE,
+                     seed: int = VAL_SEED) -> list[str]:
+    """Pick ``n`` validation cases from ``train`` minus ``exclude`` (never test)."""
+    pool = [c for c in train if c not in exclude]
+    if len(pool) < n:
+        raise DataError(f"cannot carve {n} validation cases from {len(pool)} candidates")
+    return sorted(random.Random(seed).sample(pool, n))
+
+
+@dataclass
+class Splits:
+    """Case files per role. ``labeled``/``unlabeled`` are training items
+    (slices for 2D datasets), ``val``/``test`` are volumes."""
+    labeled: list[Path]
+    unlabeled: list[Path]
+    val: list[Path]
+    test: list[Path]
+    notes: list[str]
+
+
+def _paths(root: Path, ids: list[str], sub: str) -> list[Path]:
+    return [root / sub / f"{i}.h5" for i in ids]
+
+
+def _missing_message(spec: DatasetSpec, missing: list[str], total: int, where: Path) -> str:
+    present = total - len(missing)
+    return (f"{spec.name}: {len(missing)} of {total} cases named in the split lists are missing "
+            f"under {where} (first: {', '.join(missing[:3])}). Get the complete dataset (README, "
+            f"section 'Data'), or run on the {present} present cases with "
+            f"`--missing-cases subset` (config key dataset.missing_cases: subset).")
+
+
+def resolve_splits(spec: DatasetSpec, root: str | Path, labeled: int | str,
+                   missing: str = "error", overrides: dict[str, str] | None = None) -> Splits:
+    """Resolve the lists of one experiment against the preprocessed ``root``.
+
+    ``labeled`` is a labeled count of ``spec.labeled_counts`` or ``"all"``
+    (fully supervised: every training case labeled). ``overrides`` maps a role
+    (labeled, unlabeled, val, test) to another list file. Validation cases
+    are removed from the unlabeled pool. With ``missing="subset"`` absent
+    cases are dropped (and, if no validation case is left, validation is
+    carved from the present unlabeled cases, with a note); with ``"error"``
+    a DataError says how many are missing and how to proceed.
+    """
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing_cases must be one of {MISSING_POLICIES}, got {missing!r}")
+    root, overrides = Path(root), overrides or {}
+    if labeled != "all" and int(labeled) not in spec.labeled_counts:
+        raise DataError(f"{spec.name}: no split lists for {labeled} labeled cases; "
+                        f"choose one of {list(spec.labeled_counts)} or 'all'")
+
+    def lst(role: str) -> list[str]:
+        if role in overrides:
+            return read_list(overrides[role])
+        return read_list(spec.split_dir / spec.lists[role].format(n=labeled))
+
+    if labeled == "all":
+        lab, unl = lst("train"), []
+    else:
+        lab, unl = lst("labeled"), lst("unlabeled")
+    val, test = lst("val"), lst("test")
+    val_vols = set(val)
+    train_sub = "slices" if spec.dim == 2 else "volumes"
+    owner = volume_of if spec.dim == 2 else (lambda c: c)
+    lab = [c for c in lab if owner(c) not in val_vols]
+    unl = [c for c in unl if owner(c) not in val_vols]
+
+    groups = {"labeled": (lab, train_sub), "unlabeled": (unl, train_sub),
+              "val": (val, "volumes"), "test": (test, "volumes")}
+    # count missing per case (a 2D volume is missing if its slices are)
+    named = {owner(c) if sub == "slices" else c for ids, sub in groups.values() for c in ids}
+    absent = sorted(c for c in named if not (root / "volumes" / f"{c}.h5").is_file())
+    notes: list[str] = []
+    if absent and missing == "error":
+        raise DataError(_missing_message(spec, absent, len(named), root / "volumes"))
+    paths = {}
+    for role, (ids, sub) in groups.items():
+        p = _paths(root, ids, sub)
+        keep = [x for x in p if x.is_file()]
+        if len(keep) < len(p) and missing == "error":
+            gone = [str(x) for x in p if not x.is_file()]
+            raise DataError(f"{spec.name}: {len(gone)} {role} files missing, e.g. {gone[0]}; "
+                            "re-run `crossmatch preprocess`")
+        paths[role] = keep
+    if absent:
+        notes.append(f"missing_cases=subset: {len(absent)} of {len(named)} listed cases absent; "
+                     f"using {len(named) - len(absent)}")
+    if not paths["val"] and missing == "subset":
+        vol_ids = sorted({owner(case_id(p.name)) for p in paths["unlabeled"]})
+        n = max(1, len(vol_ids) // 4)
+        carved = set(carve_validation(vol_ids, set(), n))
+        paths["val"] = _paths(root, sorted(carved), "volumes")
+        paths["unlabeled"] = [p for p in paths["unlabeled"] if owner(case_id(p.name)) not in carved]
+        notes.append(f"no validation case present: carved {n} from the present unlabeled cases "
+                     f"(seed {VAL_SEED}): {sorted(carved)}")
+        warnings.warn(notes[-1])
+    for role in ("labeled", "val", "test"):
+        if not paths[role]:
+            raise DataError(f"{spec.name}: the {role} split is empty under {root}")
+    return Splits(paths["labeled"], paths["unlabeled"], paths["val"], paths["test"], notes)

@@ -1,0 +1,123 @@
+"""Evaluation of a trained run on the test split (DESIGN section 6).
+
+``evaluate_run(run_dir, "final" | "best")`` writes, under
+``run_dir/eval/<checkpoint>/``: ``metrics_per_case.csv`` (one row per case
+and class), ``summary.json`` (mean/std per class and over classes, counts of
+empty masks, the checkpoint's iteration and validation score) and
+``predictions/<case>.h5`` (``pred`` uint8). The test split is read here and
+nowhere else; validation (model selection) uses ``mean_dice`` on the
+validation split.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from .data.h5 import read_case
+from .data.specs import DatasetSpec, get_spec
+from .data.splits import case_id, resolve_splits
+from .errors import DataError
+from .inference import predict_slices_2d, sliding_window_3d
+from .io import atomic_path, write_json
+from .metrics import EMPTY_POLICY, METRIC_KEYS, case_metrics, summarise
+
+CHECKPOINTS = ("final", "best")
+
+
+def predict_volume(model: torch.nn.Module, image: np.ndarray, spec: DatasetSpec, cfg: dict[str, Any],
+                   device: torch.device, stride: list[int] | None = None) -> np.ndarray:
+    """Label map of one volume: 2D slice by slice at the training size, 3D by
+    sliding window (patch = training crop, stride = ``stride`` or the
+    configured test stride), softmax averaged over overlaps."""
+    crop = tuple(cfg["train"]["crop"])
+    if spec.dim == 2:
+        return predict_slices_2d(model, image, crop, spec.n_classes, device)
+    return sliding_window_3d(model, image, crop, tuple(stride or cfg["eval"]["stride"]),
+                             spec.n_classes, device)
+
+
+def _dice(pred: np.ndarray, gt: np.ndarray, c: int) -> float:
+    p, g = pred == c, gt == c
+    denom = p.sum() + g.sum()
+    return 1.0 if denom == 0 else 2.0 * float((p & g).sum()) / float(denom)
+
+
+def mean_dice(model: torch.nn.Module, spec: DatasetSpec, cfg: dict[str, Any], files: list[Path],
+              device: torch.device, stride: list[int] | None = None) -> float:
+    """Mean over cases of the mean foreground Dice (the validation score)."""
+    scores = []
+    for path in files:
+        image, label, _ = read_case(path, spec.n_classes)
+        pred = predict_volume(model, image, spec, cfg, device, stride)
+        scores.append(np.mean([_dice(pred, label, c) for c in range(1, spec.n_classes)]))
+    return float(np.mean(scores))
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise DataError(f"{path} not found: is {run_dir} a training run directory?")
+    return yaml.safe_load(path.read_text())
+
+
+def evaluate_run(run_dir: str | Path, checkpoint: str = "final", device: str = "auto",
+                 save_predictions: bool = True, limit: int = 0) -> dict[str, Any]:
+    """Evaluate ``checkpoints/<checkpoint>.pt`` of ``run_dir`` on the test split."""
+    from .train import make_model, pick_device  # train imports this module
+
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
+    run_dir = Path(run_dir)
+    cfg = load_run(run_dir)
+    ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not ckpt_path.is_file():
+        raise DataError(f"{ckpt_path} not found: the training run is not finished "
+                        "(re-run `crossmatch train` with the same arguments to resume it)")
+    spec = get_spec(cfg["dataset"]["name"])
+    d = cfg["dataset"]
+    labeled = d["labeled"]
+    splits = resolve_splits(spec, d["root"], labeled, d["missing_cases"], d["splits"])
+    files = splits.test[:limit] if limit else splits.test
+    dev = pick_device(device)
+    model = make_model(cfg, spec).to(dev)
+    state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+    model.load_state_dict(state["model"])
+
+    out = run_dir / "eval" / checkpoint
+    rows: list[dict[str, Any]] = []
+    for path in tqdm(files, desc=f"evaluate {checkpoint}", unit="case"):
+        image, label, spacing = read_case(path, spec.n_classes)
+        pred = predict_volume(model, image, spec, cfg, dev)
+        case = case_id(path.name)
+        for r in case_metrics(pred, label, spec.n_classes, spacing or spec.spacing):
+            rows.append({"case": case, "class_name": spec.class_names[r["class"] - 1], **r})
+        if save_predictions:
+            with atomic_path(out / "predictions" / f"{case}.h5") as tmp, h5py.File(tmp, "w") as f:
+                f.create_dataset("pred", data=pred, compression="gzip", compression_opts=1)
+    with atomic_path(out / "metrics_per_case.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    summary = summarise(rows)
+    val = state.get("val_dice")
+    summary.update({
+        "experiment": cfg.get("experiment"), "checkpoint": checkpoint,
+        "iteration": state.get("iteration"),
+        "val_dice": None if val is None or (isinstance(val, float) and math.isnan(val)) else val,
+        "selection": "best validation mean Dice" if checkpoint == "best" else "last iteration",
+        "split": "test", "n_test_cases": len(files), "class_names": list(spec.class_names),
+        "units": {"dice": "fraction", "jaccard": "fraction", "hd95_vox": "voxel", "asd_vox": "voxel",
+                  "hd95_mm": "mm", "asd_mm": "mm"},
+        "spacing_known": spec.spacing is not None, "empty_policy": EMPTY_POLICY,
+        "metrics": list(METRIC_KEYS),
+    })
+    write_json(out / "summary.json", summary)
+    return summary

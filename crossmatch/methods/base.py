@@ -1,0 +1,80 @@
+"""The method interface and registry.
+
+A method is one class in one file: it declares its hyperparameters with
+defaults (``defaults``, optionally overridden per dataset in
+``dataset_defaults``) and implements ``training_step``. The shared trainer
+(``crossmatch.train``) owns everything else.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from ..data.specs import DatasetSpec
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register(cls: type["Method"]) -> type["Method"]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type["Method"]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {sorted(METHODS)}") from None
+
+
+@dataclass
+class StepContext:
+    """What the trainer hands a method for one iteration.
+
+    ``backward(loss)`` back-propagates a (partial) loss through the AMP
+    scaler and checks it is finite; a method may call it several times per
+    step (gradients accumulate), which lets it free one forward graph before
+    building the next. ``gen`` draws the step's augmentations.
+    """
+    iteration: int
+    device: torch.device
+    gen: torch.Generator
+    backward: Callable[[torch.Tensor], None]
+    autocast: Callable[[], AbstractContextManager]
+
+
+class Method:
+    name: ClassVar[str]
+    uses_unlabeled: ClassVar[bool] = False
+    defaults: ClassVar[dict[str, Any]] = {}
+    dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # hyperparameters spelled in the experiment id (ablation axes)
+    id_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: nn.Module, spec: DatasetSpec, hp: dict[str, Any]):
+        self.model, self.spec, self.hp = model, spec, hp
+
+    @classmethod
+    def hyperparameters(cls, dataset: str, given: dict[str, Any]) -> dict[str, Any]:
+        """Defaults, then per-dataset defaults, then ``given`` (unknown keys rejected)."""
+        from ..errors import ConfigError
+        hp = {**cls.defaults, **cls.dataset_defaults.get(dataset, {})}
+        for k, v in given.items():
+            if k not in hp:
+                raise ConfigError(f"method.{k}: not a hyperparameter of {cls.name!r}; "
+                                  f"valid keys: {sorted(hp)}")
+            hp[k] = v
+        cls.check(hp)
+        return hp
+
+    @classmethod
+    def check(cls, hp: dict[str, Any]) -> None:
+        """Raise ConfigError on an invalid hyperparameter value."""
+
+    def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
+        """Run one iteration's forward/backward; return named values to log."""
+        raise NotImplementedError

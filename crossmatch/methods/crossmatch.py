@@ -1,0 +1,155 @@
+"""CrossMatch (Zhao et al., IEEE JBHI): FixMatch-style image perturbation
+plus feature perturbation with cross knowledge distillation.
+
+Streams: the encoder sees the weak view (ew) or a strong view (es); the
+decoder sees clean (dn), weakly dropped (dw) or strongly dropped (ds)
+features. All decoder streams of one forward pass are batch-stacked
+(``need_fp``). Unlabeled losses are Dice against hard pseudo-labels, masked
+where the teacher's confidence is below ``tau``.
+
+One step (DESIGN section 4):
+  1. no grad, eval mode: predictions on the CutMix source batch (dn, dw, ds),
+     to fill the mixed regions of the pseudo-labels;
+  2. ``model([x, u_w], need_fp)`` -> sup on x, teacher p_w, and p_w^dw, p_w^ds;
+  3. ``model([u_s1, u_s2], need_fp)`` -> p_s1, p_s2, p_s2^dw, p_s2^ds.
+Every target is a detached hard label, so the total loss is a sum of a part
+that depends only on pass 2 and a part that depends only on pass 3. We
+back-propagate pass 2's part before running pass 3: the gradient is the
+same as one backward of the total, and only one pass's activations are
+alive at a time (about half the peak memory).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..data.augment import apply_cutmix, cutmix_boxes, strong_intensity
+from ..errors import ConfigError
+from ..losses import masked_dice, pseudo_label, supervised_loss
+from .base import Method, StepContext, register
+
+LOSS_FORMS = ("reference", "paper")
+
+
+@register
+class CrossMatch(Method):
+    name = "crossmatch"
+    uses_unlabeled = True
+    defaults = {
+        "tau": 0.95,            # confidence threshold of the pseudo-labels
+        "eta": 0.3,             # kd = (1 - eta) tkd + eta dkd
+        "w_kd": 0.5,            # weight of kd in the reference loss form (2D 0.5, 3D 1.0)
+        "strong_views": 2,      # 1 or 2 strong image views
+        "tkd": True,            # teacher -> perturbed-student distillation stream
+        "dkd": True,            # dropout-to-dropout cross distillation stream
+        "loss_form": "reference",  # reference: (sup + .25 s1 + .25 s2 + w_kd kd) / 2; paper: sup + ip + kd
+    }
+    dataset_defaults = {"la": {"tau": 0.85, "w_kd": 1.0}}
+    id_keys = ("tau", "eta")
+
+    @classmethod
+    def check(cls, hp: dict) -> None:
+        if not 0.0 <= hp["tau"] < 1.0:
+            raise ConfigError(f"method.tau must be in [0, 1), got {hp['tau']}")
+        if not 0.0 <= hp["eta"] <= 1.0:
+            raise ConfigError(f"method.eta must be in [0, 1], got {hp['eta']}")
+        if hp["strong_views"] not in (1, 2):
+            raise ConfigError(f"method.strong_views must be 1 or 2, got {hp['strong_views']}")
+        if hp["loss_form"] not in LOSS_FORMS:
+            raise ConfigError(f"method.loss_form must be one of {LOSS_FORMS}, got {hp['loss_form']!r}")
+
+    def weights(self) -> dict[str, float]:
+        """Linear weight of every named loss term in the total loss."""
+        hp = self.hp
+        ref = hp["loss_form"] == "reference"
+        one_view = hp["strong_views"] == 1
+        w_ip = (0.5 if one_view else 0.25) if ref else 1.0
+        n_tkd = 2 if one_view else 4
+        w_tkd = (1 - hp["eta"]) / 4 * (hp["w_kd"] if ref else 1.0) if hp["tkd"] else 0.0
+        w_dkd = hp["eta"] / 2 * (hp["w_kd"] if ref else 1.0) if hp["dkd"] else 0.0
+        # single view: the two s2 tkd terms do not exist, so tkd is the mean of two terms
+        w_tkd = w_tkd * 4 / n_tkd
+        w = {"sup": 1.0, "ip_s1": w_ip, "ip_s2": w_ip,
+             "tkd_w_dw": w_tkd, "tkd_w_ds": w_tkd, "tkd_s_dw": w_tkd, "tkd_s_ds": w_tkd,
+             "dkd_dw": w_dkd, "dkd_ds": w_dkd}
+        return {k: v / 2 if ref else v for k, v in w.items()}
+
+    def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        w = self.weights()
+        return sum(w[k] * v for k, v in terms.items())
+
+    def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
+        model, hp, tau = self.model, self.hp, self.hp["tau"]
+        x, y, u, u_mix = batch["x"], batch["y"], batch["u"], batch["u_mix"]
+        n, spatial = u.shape[0], tuple(u.shape[2:])
+        clip = self.spec.intensity_range
+        views = hp["strong_views"]
+        use_fp = hp["tkd"] or hp["dkd"]
+
+        # strong views: intensity jitter + blur, then CutMix from the mix batch's own strong view
+        boxes, strong = [], []
+        for _ in range(views):
+            s, s_mix = strong_intensity(u, ctx.gen, clip), strong_intensity(u_mix, ctx.gen, clip)
+            box = cutmix_boxes(n, spatial, ctx.gen).to(u.device)
+            strong.append(apply_cutmix(s, s_mix, box))
+            boxes.append(box)
+
+        # 1. pseudo-labels for the mixed regions (eval mode; feature dropout stays on)
+        with torch.no_grad(), ctx.autocast():
+            model.eval()
+            if use_fp:
+                _, mix, mix_dw, mix_ds = (p.float().softmax(1) for p in model(u_mix, need_fp=True, split=0))
+            else:
+                mix = model(u_mix).float().softmax(1)
+            model.train()
+
+        # 2. labeled + weak view
+        terms: dict[str, torch.Tensor] = {}
+        with ctx.autocast():
+            xu = torch.cat((x, u))
+            out = model(xu, need_fp=True, split=len(x)) if use_fp else model(xu).split([len(x), n])
+        pred_x, p_w = out[0], out[1]
+        ce, dice = supervised_loss(pred_x, y)
+        terms["sup"] = (ce + dice) / 2
+        p_w = p_w.detach().float().softmax(1)
+        conf_w, y_w = pseudo_label(p_w)
+        if use_fp:
+            p_w_dw, p_w_ds = out[2], out[3]
+            if hp["tkd"]:
+                terms["tkd_w_dw"] = masked_dice(p_w_dw, y_w, conf_w, tau)
+                terms["tkd_w_ds"] = masked_dice(p_w_ds, y_w, conf_w, tau)
+            targets_dw = p_w_dw.detach().float().softmax(1)
+            targets_ds = p_w_ds.detach().float().softmax(1)
+        ctx.backward(self.combine(terms))
+        del out, pred_x
+
+        # 3. strong views; the last one also feeds the perturbed streams
+        last = boxes[-1]
+        mixed = [pseudo_label(apply_cutmix(p_w, mix, b)) for b in boxes]  # (conf, label) per view
+        part: dict[str, torch.Tensor] = {}
+        with ctx.autocast():
+            if use_fp:
+                split = n * (views - 1)
+                out = model(torch.cat(strong), need_fp=True, split=split)
+                p_s = ([out[0]] if views == 2 else []) + [out[1]]
+            else:
+                p_s = list(model(torch.cat(strong)).split(n))
+        for i, (pred, (conf, lab)) in enumerate(zip(p_s, mixed)):
+            part[f"ip_s{i + 1}"] = masked_dice(pred, lab, conf, tau)
+        if use_fp:
+            conf_s, lab_s = mixed[-1]
+            if hp["tkd"]:
+                part["tkd_s_dw"] = masked_dice(out[2], lab_s, conf_s, tau)
+                part["tkd_s_ds"] = masked_dice(out[3], lab_s, conf_s, tau)
+            if hp["dkd"]:
+                c, t = pseudo_label(apply_cutmix(targets_dw, mix_dw, last))
+                part["dkd_dw"] = masked_dice(out[2], t, c, tau)
+                c, t = pseudo_label(apply_cutmix(targets_ds, mix_ds, last))
+                part["dkd_ds"] = masked_dice(out[3], t, c, tau)
+        ctx.backward(self.combine(part))
+
+        terms.update(part)
+        logs = {k: v.item() for k, v in terms.items()}
+        logs["loss"] = sum(self.weights()[k] * v for k, v in logs.items())
+        logs["sup_ce"], logs["sup_dice"] = ce.item(), dice.item()
+        logs["mask_ratio"] = (conf_w >= tau).float().mean().item()
+        return logs

@@ -1,0 +1,21 @@
+"""Networks: 2D UNet and 3D V-Net, both with ``need_fp`` feature perturbation."""
+from __future__ import annotations
+
+from torch import nn
+
+from .perturb import DROPOUT_TYPES, FeatureDropout
+from .unet2d import UNet2d
+from .vnet3d import VNet3d
+
+__all__ = ["DROPOUT_TYPES", "FeatureDropout", "UNet2d", "VNet3d", "build_model"]
+
+
+def build_model(dim: int, in_channels: int, n_classes: int, dropout_type: str = "dropout",
+                fp_gap: float = 0.5, stack_streams: bool = True) -> nn.Module:
+    """The network of a ``dim``-D dataset (2 -> UNet, 3 -> V-Net)."""
+    fp = dict(dropout_type=dropout_type, fp_gap=fp_gap, stack_streams=stack_streams)
+    if dim == 2:
+        return UNet2d(in_channels, n_classes, **fp)
+    if dim == 3:
+        return VNet3d(in_channels, n_classes, **fp)
+    raise ValueError(f"dim must be 2 or 3, got {dim}")

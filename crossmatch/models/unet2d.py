@@ -1,0 +1,70 @@
+"""2D UNet of SSL4MIS / UniMatch (channels 16-32-64-128-256)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import EncoderDecoder
+
+
+class ConvBlock(nn.Sequential):
+    """conv3x3-BN-LeakyReLU, dropout, conv3x3-BN-LeakyReLU."""
+
+    def __init__(self, cin: int, cout: int, p: float):
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(inplace=True),
+            nn.Dropout(p),
+            nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(inplace=True),
+        )
+
+
+class UpBlock(nn.Module):
+    """1x1 conv, bilinear x2 upsampling, concat with the skip, ConvBlock."""
+
+    def __init__(self, cin: int, cskip: int, cout: int):
+        super().__init__()
+        self.reduce = nn.Conv2d(cin, cskip, 1)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+        self.conv = ConvBlock(2 * cskip, cout, 0.0)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat((skip, self.up(self.reduce(x))), dim=1))
+
+
+class Encoder2d(nn.Module):
+    def __init__(self, in_channels: int, ft: tuple[int, ...], drop: tuple[float, ...]):
+        super().__init__()
+        self.stages = nn.ModuleList([ConvBlock(in_channels, ft[0], drop[0])])
+        for i in range(1, len(ft)):
+            self.stages.append(nn.Sequential(nn.MaxPool2d(2), ConvBlock(ft[i - 1], ft[i], drop[i])))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+
+class Decoder2d(nn.Module):
+    def __init__(self, ft: tuple[int, ...], n_classes: int):
+        super().__init__()
+        self.ups = nn.ModuleList(UpBlock(ft[i], ft[i - 1], ft[i - 1]) for i in range(len(ft) - 1, 0, -1))
+        self.out = nn.Conv2d(ft[0], n_classes, 3, padding=1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = feats[-1]
+        for up, skip in zip(self.ups, reversed(feats[:-1])):
+            x = up(x, skip)
+        return self.out(x)
+
+
+class UNet2d(EncoderDecoder):
+    """UNet for N x C x H x W inputs (H, W divisible by 16)."""
+
+    def __init__(self, in_channels: int = 1, n_classes: int = 4,
+                 features: tuple[int, ...] = (16, 32, 64, 128, 256),
+                 encoder_dropout: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5), **fp):
+        super().__init__(**fp)
+        self.encoder = Encoder2d(in_channels, tuple(features), tuple(encoder_dropout))
+        self.decoder = Decoder2d(tuple(features), n_classes)

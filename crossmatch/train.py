@@ -1,0 +1,239 @@
+"""The one trainer every method shares.
+
+It owns the optimiser and poly schedule, AMP, deterministic seeding, the
+progress bar, the CSV log, validation with best-on-validation selection,
+checkpoints and resume. Run layout (``run_dir``):
+
+  config.yaml              resolved config (with the experiment id and notes)
+  log.csv                  one row per iteration: lr, every loss term, mask ratio, val score
+  checkpoints/latest.pt    resumable state (weights, optimiser, scaler, RNG, iteration)
+  checkpoints/best.pt      weights with the best validation Dice so far
+  checkpoints/final.pt     weights after the last iteration (written last: the run is done)
+
+A re-run of the same command resumes from ``latest.pt``; batch ``t`` and its
+augmentations are a function of (seed, t), and the RNG states are restored,
+so the resumed run ends with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .config import experiment_id
+from .data.batches import IterationBatches, iteration_loader
+from .data.specs import DatasetSpec, get_spec
+from .data.splits import resolve_splits
+from .errors import ConfigError, TrainingDiverged
+from .evaluate import mean_dice
+from .io import atomic_path, write_yaml
+from .methods import StepContext, get_method
+from .models import build_model
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name} requested but CUDA is not available; use auto or cpu")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_model(cfg: dict[str, Any], spec: DatasetSpec) -> torch.nn.Module:
+    model = build_model(spec.dim, spec.in_channels, spec.n_classes, **cfg["model"])
+    if spec.dim == 2:
+        # NHWC convolutions are ~20 % faster with oneDNN on CPU and fine on CUDA
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_optimizer(cfg: dict[str, Any], params) -> torch.optim.Optimizer:
+    t = cfg["train"]
+    if t["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"],
+                               nesterov=t["nesterov"])
+    return torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
+
+
+def poly_lr(cfg: dict[str, Any], it: int) -> float:
+    t = cfg["train"]
+    return t["lr"] * (1 - it / t["poly_iterations"]) ** t["poly_power"]
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, **state: Any) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+class CsvLog:
+    """Append-only CSV log; on resume, rows after the checkpoint are dropped
+    (they would be recomputed, identically)."""
+
+    def __init__(self, path: Path, resume_at: int):
+        self.path, self.rows, self.fields = path, [], None
+        if resume_at and path.is_file():
+            with open(path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= resume_at]
+            self.fields = list(self.rows[0]) if self.rows else None
+        self.flush()
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+    def flush(self) -> None:
+        fields = list(self.fields or [])
+        for r in self.rows:
+            fields += [k for k in r if k not in fields]
+        self.fields = fields
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(self.rows)
+
+
+def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = None) -> Path:
+    """Train the experiment ``cfg`` into ``run_dir``; returns ``final.pt``.
+
+    Resumes from ``run_dir/checkpoints/latest.pt`` when it exists.
+    ``stop_after`` ends the process after that many iterations of this
+    call (used to test resuming) without writing ``final.pt``.
+    """
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    spec = get_spec(cfg["dataset"]["name"])
+    t = cfg["train"]
+    exp = experiment_id(cfg)
+    # check data before any long work: list files, presence, subset policy
+    d = cfg["dataset"]
+    method_cls = get_method(cfg["method"]["name"])
+    splits = resolve_splits(spec, d["root"], "all" if getattr(method_cls, "labels_all", False) else d["labeled"],
+                            d["missing_cases"], d["splits"])
+    write_yaml(run_dir / "config.yaml", {"experiment": exp, **cfg, "notes": splits.notes})
+
+    device = pick_device(t["device"])
+    if t["threads"]:
+        torch.set_num_threads(t["threads"])
+    seed_everything(t["seed"])
+    model = make_model(cfg, spec).to(device)
+    hp = {k: v for k, v in cfg["method"].items() if k != "name"}
+    method = method_cls(model, spec, hp)
+    optimizer = make_optimizer(cfg, model.parameters())
+    use_amp = bool(t["amp"]) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start, best = 0, (-1.0, -1)
+    latest = ckpt_dir / "latest.pt"
+    if latest.is_file():
+        state = torch.load(latest, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        start, best = state["iteration"], tuple(state["best"])
+    if start >= t["iterations"] and (ckpt_dir / "final.pt").is_file():
+        return ckpt_dir / "final.pt"
+    log = CsvLog(run_dir / "log.csv", start)
+
+    data = IterationBatches(splits.labeled, splits.unlabeled if method_cls.uses_unlabeled else None,
+                            t["batch_size"], tuple(t["crop"]), spec.n_classes, t["seed"])
+    stop = t["iterations"] if stop_after is None else min(t["iterations"], start + stop_after)
+    loader = iteration_loader(data, start, stop, t["num_workers"])
+    gen = torch.Generator()
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+
+    it = start
+
+    def backward(loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"{exp}: loss is {loss.item()} at iteration {it + 1}; stopped without saving. "
+                f"The last good checkpoint is {latest if latest.is_file() else '(none yet)'}. "
+                "Lower train.lr or check the data.")
+        scaler.scale(loss).backward()
+
+    def save_latest(iteration: int) -> None:
+        save_checkpoint(latest, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                        scaler=scaler.state_dict(), rng=_rng_state(), iteration=iteration,
+                        best=list(best), experiment=exp)
+
+    model.train()
+    bar = tqdm(total=t["iterations"], initial=start, desc=exp, unit="it", dynamic_ncols=True)
+    tic = time.perf_counter()
+    for it, batch in zip(range(start, stop), loader):
+        lr = poly_lr(cfg, it)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        gen.manual_seed(t["seed"] * 1_000_003 + it)
+        optimizer.zero_grad(set_to_none=True)
+        ctx = StepContext(iteration=it, device=device, gen=gen, backward=backward, autocast=autocast)
+        values = method.training_step(batch, ctx)
+        scaler.step(optimizer)
+        scaler.update()
+        done = it + 1
+        row = {"iteration": done, "lr": lr, **values, "seconds": time.perf_counter() - tic}
+        if t["val_every"] and (done % t["val_every"] == 0 or done == t["iterations"]):
+            score = validate(model, spec, cfg, splits.val, device)
+            row["val_dice"] = score
+            if score > best[0]:
+                best = (score, done)
+                save_checkpoint(ckpt_dir / "best.pt", model=model.state_dict(), iteration=done,
+                                val_dice=score, experiment=exp)
+            model.train()
+        log.add(row)
+        bar.set_postfix(loss=f"{values['loss']:.3f}", best=f"{best[0]:.3f}", refresh=False)
+        bar.update()
+        if done % t["log_every"] == 0:
+            log.flush()
+        if done % t["ckpt_every"] == 0 or done == stop:
+            log.flush()
+            save_latest(done)
+    bar.close()
+    log.flush()
+    if stop < t["iterations"]:
+        return latest
+    if not t["val_every"]:  # no validation: the final weights are the selection
+        save_checkpoint(ckpt_dir / "best.pt", model=model.state_dict(), iteration=stop,
+                        val_dice=math.nan, experiment=exp)
+    save_checkpoint(ckpt_dir / "final.pt", model=model.state_dict(), iteration=stop, experiment=exp)
+    return ckpt_dir / "final.pt"
+
+
+def validate(model: torch.nn.Module, spec: DatasetSpec, cfg: dict[str, Any], files: list[Path],
+             device: torch.device) -> float:
+    """Mean foreground Dice over the validation volumes (never the test set)."""
+    n = cfg["eval"]["val_cases"] or len(files)
+    stride = cfg["eval"].get("val_stride")
+    return mean_dice(model, spec, cfg, files[:n], device, stride)
