@@ -16,9 +16,16 @@ EPILOG_CONFIG = ("Config keys and defaults: `crossmatch config` (or README, 'Con
 
 
 def _preprocess(a: argparse.Namespace) -> None:
+    from . import config
     from .data.preprocess import preprocess
-    m = preprocess(a.dataset, a.raw, a.out, a.missing_cases)
-    print(f"{a.dataset}: {m['n_present']} of {m['n_listed']} listed cases written to {a.out}")
+    d = config.load(a.config, a.set)["dataset"] if a.config else {}
+    dataset = a.dataset or d.get("name")
+    raw, out = a.raw or d.get("raw"), a.out or d.get("root")
+    missing = a.missing_cases or d.get("missing_cases", "error")
+    if not (dataset and raw and out):
+        raise SystemExit("crossmatch preprocess: give --config, or --dataset, --raw and --out")
+    m = preprocess(dataset, raw, out, missing)
+    print(f"{dataset}: {m['n_present']} of {m['n_listed']} listed cases written to {out}")
 
 
 def _train(a: argparse.Namespace) -> None:
@@ -56,11 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("preprocess", help="validate raw data and write the preprocessed root",
                        description="Read the raw dataset, validate every case (readable, label range), "
                                    "write volumes/, slices/ (2D) and manifest.json.")
-    s.add_argument("--dataset", required=True, choices=sorted(DATASETS))
-    s.add_argument("--raw", required=True, help="raw data folder (acdc: SSL4MIS h5 volumes; "
+    s.add_argument("--config", help="experiment YAML: uses dataset.name, dataset.raw, dataset.root "
+                   "and dataset.missing_cases (flags below override it)")
+    s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config key (repeatable)")
+    s.add_argument("--dataset", choices=sorted(DATASETS))
+    s.add_argument("--raw", help="raw data folder (acdc: SSL4MIS h5 volumes; "
                    "la: <CASE>/mri_norm2.h5)")
-    s.add_argument("--out", required=True, help="preprocessed root, e.g. results/data/acdc")
-    s.add_argument("--missing-cases", default="error", choices=("error", "subset"),
+    s.add_argument("--out", help="preprocessed root, e.g. results/data/acdc")
+    s.add_argument("--missing-cases", choices=("error", "subset"),
                    help="cases named in the split lists but absent: fail (default) or skip them")
     s.set_defaults(func=_preprocess)
 

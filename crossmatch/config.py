@@ -21,6 +21,7 @@ from .methods import get_method
 DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
     "dataset": {
         "name": ("acdc", "dataset: acdc | la"),
+        "raw": ("../shared/data/ACDC", "raw data folder read by `crossmatch preprocess`"),
         "root": ("results/data/acdc", "preprocessed root written by `crossmatch preprocess`"),
         "labeled": (3, "labeled count of the standard lists (acdc 1/3/7/14 patients, la 4/8/16 cases)"),
         "missing_cases": ("error", "cases named in a list but absent: error | subset (drop them)"),
@@ -112,6 +113,8 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
             cfg[section][key] = value
     if "root" not in (raw.get("dataset") or {}):
         cfg["dataset"]["root"] = f"results/data/{name}"
+    if "raw" not in (raw.get("dataset") or {}):
+        cfg["dataset"]["raw"] = f"../shared/data/{name.upper()}"
     method_raw = dict(raw.get("method") or {})
     mname = method_raw.pop("name", "crossmatch")
     try:

@@ -8,12 +8,14 @@ import torch.nn.functional as F
 
 
 def dice_loss(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
-              smooth: float = 1e-5) -> torch.Tensor:
-    """Soft Dice loss averaged over all K classes (background included, as
-    UniMatch's DiceLoss). Pixels where ``valid`` is False contribute nothing:
+              smooth: float = 1e-5, from_class: int = 0) -> torch.Tensor:
+    """Soft Dice loss averaged over classes ``from_class .. K-1``: 0 counts the
+    background too (UniMatch's DiceLoss, 2D), 1 only the foreground (UA-MT's
+    dice_loss, 3D). Pixels where ``valid`` is False contribute nothing:
     neither to the intersection nor to either denominator term."""
     k = probs.shape[1]
     onehot = F.one_hot(target.long(), k).movedim(-1, 1).to(probs.dtype)
+    probs, onehot = probs[:, from_class:], onehot[:, from_class:]
     if valid is not None:
         w = valid.unsqueeze(1).to(probs.dtype)
         probs, onehot = probs * w, onehot * w
@@ -23,10 +25,11 @@ def dice_loss(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | N
     return (1 - (2 * inter + smooth) / (denom + smooth)).mean()
 
 
-def supervised_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def supervised_loss(logits: torch.Tensor, target: torch.Tensor, from_class: int = 0
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy and Dice on labeled data; the methods combine them as (CE + Dice) / 2."""
     logits = logits.float()
-    return F.cross_entropy(logits, target), dice_loss(logits.softmax(1), target)
+    return F.cross_entropy(logits, target), dice_loss(logits.softmax(1), target, from_class=from_class)
 
 
 def pseudo_label(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +39,7 @@ def pseudo_label(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def masked_dice(logits: torch.Tensor, target: torch.Tensor, conf: torch.Tensor,
-                tau: float) -> torch.Tensor:
+                tau: float, from_class: int = 0) -> torch.Tensor:
     """Dice of ``logits`` against a pseudo-label, ignoring pixels whose teacher
     confidence is below ``tau``."""
-    return dice_loss(logits.float().softmax(1), target, conf >= tau)
+    return dice_loss(logits.float().softmax(1), target, conf >= tau, from_class=from_class)

@@ -17,7 +17,7 @@ from ..errors import DataError
 from ..io import write_json
 from .h5 import read_case, write_case
 from .specs import DatasetSpec, get_spec
-from .splits import MISSING_POLICIES, read_list, volume_of
+from .splits import MISSING_POLICIES, missing_cases_message, read_list, volume_of
 
 
 def sha256(path: Path) -> str:
@@ -71,11 +71,7 @@ def preprocess(dataset: str, raw: str | Path, out: str | Path, missing: str = "e
     source = SOURCES[dataset]
     absent = [c for c in cases if not source(raw, c).is_file()]
     if absent and missing == "error":
-        raise DataError(
-            f"{dataset}: {len(absent)} of {len(cases)} cases named in {spec.split_dir} are missing "
-            f"under {raw} (first: {', '.join(absent[:3])}, expected e.g. {source(raw, absent[0])}). "
-            f"Get the complete dataset (README 'Data'), or run on the {len(cases) - len(absent)} "
-            "present cases with `--missing-cases subset`.")
+        raise DataError(missing_cases_message(spec, absent, len(cases), raw, source(raw, absent[0])))
     present = [c for c in cases if c not in absent]
     if not present:
         raise DataError(f"{dataset}: none of the {len(cases)} listed cases is under {raw}")

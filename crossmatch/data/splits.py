@@ -62,12 +62,15 @@ def _paths(root: Path, ids: list[str], sub: str) -> list[Path]:
     return [root / sub / f"{i}.h5" for i in ids]
 
 
-def _missing_message(spec: DatasetSpec, missing: list[str], total: int, where: Path) -> str:
+def missing_cases_message(spec: DatasetSpec, missing: list[str], total: int, where: Path,
+                          example: Path | None = None) -> str:
+    """The one message for listed cases absent on disk: how many, and what to do."""
     present = total - len(missing)
+    expected = f", expected e.g. {example}" if example else ""
     return (f"{spec.name}: {len(missing)} of {total} cases named in the split lists are missing "
-            f"under {where} (first: {', '.join(missing[:3])}). Get the complete dataset (README, "
-            f"section 'Data'), or run on the {present} present cases with "
-            f"`--missing-cases subset` (config key dataset.missing_cases: subset).")
+            f"under {where} (first: {', '.join(missing[:3])}{expected}). Get the complete dataset "
+            f"(README, section 'Data'), or run on the {present} present cases with "
+            f"--missing-cases subset (config key dataset.missing_cases: subset).")
 
 
 def resolve_splits(spec: DatasetSpec, root: str | Path, labeled: int | str,
@@ -112,7 +115,7 @@ def resolve_splits(spec: DatasetSpec, root: str | Path, labeled: int | str,
     absent = sorted(c for c in named if not (root / "volumes" / f"{c}.h5").is_file())
     notes: list[str] = []
     if absent and missing == "error":
-        raise DataError(_missing_message(spec, absent, len(named), root / "volumes"))
+        raise DataError(missing_cases_message(spec, absent, len(named), root / "volumes"))
     paths = {}
     for role, (ids, sub) in groups.items():
         p = _paths(root, ids, sub)

@@ -20,6 +20,8 @@ alive at a time (about half the peak memory).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..data.augment import apply_cutmix, cutmix_boxes, strong_intensity
@@ -28,6 +30,15 @@ from ..losses import masked_dice, pseudo_label, supervised_loss
 from .base import Method, StepContext, register
 
 LOSS_FORMS = ("reference", "paper")
+TAU_SCHEDULES = ("constant", "reference_ramp")
+
+
+def reference_ramp(tau: float, iteration: int, length: int) -> float:
+    """The LA reference code's threshold: (tau + (1 - tau) * sigmoid_rampup) * ln 2,
+    with sigmoid_rampup(t) = exp(-5 (1 - t/length)^2). It rises from about
+    0.52 to ln 2 = 0.69 for tau 0.75 (the ln 2 factor is in that code)."""
+    t = min(max(iteration / length, 0.0), 1.0)
+    return (tau + (1 - tau) * math.exp(-5 * (1 - t) ** 2)) * math.log(2)
 
 
 @register
@@ -42,6 +53,9 @@ class CrossMatch(Method):
         "tkd": True,            # teacher -> perturbed-student distillation stream
         "dkd": True,            # dropout-to-dropout cross distillation stream
         "loss_form": "reference",  # reference: (sup + .25 s1 + .25 s2 + w_kd kd) / 2; paper: sup + ip + kd
+        "split_backward": True,  # back-propagate pass 2 before pass 3 (same gradient, ~half the memory)
+        "tau_schedule": "constant",  # constant | reference_ramp (LA reference code, ramp over ramp_length)
+        "ramp_length": 17000,
     }
     dataset_defaults = {"la": {"tau": 0.85, "w_kd": 1.0}}
     id_keys = ("tau", "eta")
@@ -54,6 +68,8 @@ class CrossMatch(Method):
             raise ConfigError(f"method.eta must be in [0, 1], got {hp['eta']}")
         if hp["strong_views"] not in (1, 2):
             raise ConfigError(f"method.strong_views must be 1 or 2, got {hp['strong_views']}")
+        if hp["tau_schedule"] not in TAU_SCHEDULES:
+            raise ConfigError(f"method.tau_schedule must be one of {TAU_SCHEDULES}, got {hp['tau_schedule']!r}")
         if hp["loss_form"] not in LOSS_FORMS:
             raise ConfigError(f"method.loss_form must be one of {LOSS_FORMS}, got {hp['loss_form']!r}")
 
@@ -79,6 +95,9 @@ class CrossMatch(Method):
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         model, hp, tau = self.model, self.hp, self.hp["tau"]
+        if hp["tau_schedule"] == "reference_ramp":
+            tau = reference_ramp(tau, ctx.iteration, hp["ramp_length"])
+        fc = self.spec.dice_from_class
         x, y, u, u_mix = batch["x"], batch["y"], batch["u"], batch["u_mix"]
         n, spatial = u.shape[0], tuple(u.shape[2:])
         clip = self.spec.intensity_range
@@ -108,18 +127,21 @@ class CrossMatch(Method):
             xu = torch.cat((x, u))
             out = model(xu, need_fp=True, split=len(x)) if use_fp else model(xu).split([len(x), n])
         pred_x, p_w = out[0], out[1]
-        ce, dice = supervised_loss(pred_x, y)
+        ce, dice = supervised_loss(pred_x, y, fc)
         terms["sup"] = (ce + dice) / 2
         p_w = p_w.detach().float().softmax(1)
         conf_w, y_w = pseudo_label(p_w)
         if use_fp:
             p_w_dw, p_w_ds = out[2], out[3]
             if hp["tkd"]:
-                terms["tkd_w_dw"] = masked_dice(p_w_dw, y_w, conf_w, tau)
-                terms["tkd_w_ds"] = masked_dice(p_w_ds, y_w, conf_w, tau)
+                terms["tkd_w_dw"] = masked_dice(p_w_dw, y_w, conf_w, tau, fc)
+                terms["tkd_w_ds"] = masked_dice(p_w_ds, y_w, conf_w, tau, fc)
             targets_dw = p_w_dw.detach().float().softmax(1)
             targets_ds = p_w_ds.detach().float().softmax(1)
-        ctx.backward(self.combine(terms))
+        loss_a = self.combine(terms)
+        if hp["split_backward"]:
+            ctx.backward(loss_a)
+            loss_a = None
         del out, pred_x
 
         # 3. strong views; the last one also feeds the perturbed streams
@@ -134,22 +156,23 @@ class CrossMatch(Method):
             else:
                 p_s = list(model(torch.cat(strong)).split(n))
         for i, (pred, (conf, lab)) in enumerate(zip(p_s, mixed)):
-            part[f"ip_s{i + 1}"] = masked_dice(pred, lab, conf, tau)
+            part[f"ip_s{i + 1}"] = masked_dice(pred, lab, conf, tau, fc)
         if use_fp:
             conf_s, lab_s = mixed[-1]
             if hp["tkd"]:
-                part["tkd_s_dw"] = masked_dice(out[2], lab_s, conf_s, tau)
-                part["tkd_s_ds"] = masked_dice(out[3], lab_s, conf_s, tau)
+                part["tkd_s_dw"] = masked_dice(out[2], lab_s, conf_s, tau, fc)
+                part["tkd_s_ds"] = masked_dice(out[3], lab_s, conf_s, tau, fc)
             if hp["dkd"]:
                 c, t = pseudo_label(apply_cutmix(targets_dw, mix_dw, last))
-                part["dkd_dw"] = masked_dice(out[2], t, c, tau)
+                part["dkd_dw"] = masked_dice(out[2], t, c, tau, fc)
                 c, t = pseudo_label(apply_cutmix(targets_ds, mix_ds, last))
-                part["dkd_ds"] = masked_dice(out[3], t, c, tau)
-        ctx.backward(self.combine(part))
+                part["dkd_ds"] = masked_dice(out[3], t, c, tau, fc)
+        ctx.backward(self.combine(part) if loss_a is None else loss_a + self.combine(part))
 
         terms.update(part)
         logs = {k: v.item() for k, v in terms.items()}
         logs["loss"] = sum(self.weights()[k] * v for k, v in logs.items())
         logs["sup_ce"], logs["sup_dice"] = ce.item(), dice.item()
         logs["mask_ratio"] = (conf_w >= tau).float().mean().item()
+        logs["tau"] = tau
         return logs

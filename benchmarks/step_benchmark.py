@@ -1,0 +1,146 @@
+"""Time per training iteration and peak memory of CrossMatch vs its baselines.
+
+Variants, all on the same network and the same labeled batch:
+  supervised               labeled batch only
+  crossmatch               stacked decoder streams, pass-2 loss back-propagated
+                           before pass 3 (the default)
+  crossmatch_one_backward  stacked streams, one backward of the total loss (the
+                           reference code's memory pattern)
+  crossmatch_looped        decoder called once per stream instead of stacked
+
+Each (variant, allocator setting) runs in a fresh process so that the peak
+resident memory (ru_maxrss) belongs to that variant alone. The step is the
+method's ``training_step`` plus the optimiser step on random tensors of the
+reference batch shapes (data loading excluded). Results are written as JSON.
+
+  python benchmarks/step_benchmark.py --dataset acdc --out benchmarks/results/cpu_acdc.json
+  python benchmarks/step_benchmark.py --dataset la --iters 2 --out benchmarks/results/cpu_la.json
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = {  # reference batch sizes: labeled = unlabeled = mix
+    "acdc": {"batch": 12, "crop": [256, 256]},
+    "la": {"batch": 2, "crop": [112, 112, 80]},
+}
+VARIANTS = {
+    "supervised": ({"name": "supervised"}, {}),
+    "crossmatch": ({"name": "crossmatch"}, {}),
+    "crossmatch_one_backward": ({"name": "crossmatch", "split_backward": False}, {}),
+    "crossmatch_looped": ({"name": "crossmatch"}, {"stack_streams": False}),
+}
+ALLOCATORS = {
+    "default": {},
+    # glibc: never serve allocations with mmap, so freed blocks are reused
+    # instead of being returned to the OS and page-faulted back in
+    "no_mmap": {"MALLOC_MMAP_MAX_": "0"},
+}
+
+
+def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, device: str) -> dict:
+    import torch
+
+    from crossmatch import config
+    from crossmatch.data.specs import get_spec
+    from crossmatch.methods import StepContext, get_method
+    from crossmatch.train import make_model, make_optimizer, pick_device
+
+    torch.set_num_threads(threads)
+    method_cfg, model_cfg = VARIANTS[variant]
+    shape = SHAPES[dataset]
+    cfg = config.resolve({"dataset": {"name": dataset}, "method": method_cfg, "model": model_cfg,
+                          "train": {"batch_size": shape["batch"], "crop": shape["crop"], "device": device}})
+    spec = get_spec(dataset)
+    dev = pick_device(device)
+    torch.manual_seed(0)
+    model = make_model(cfg, spec).to(dev)
+    method = get_method(cfg["method"]["name"])(model, spec, {k: v for k, v in cfg["method"].items() if k != "name"})
+    opt = make_optimizer(cfg, model.parameters())
+    b, crop = shape["batch"], shape["crop"]
+    batch = {"x": torch.rand(b, 1, *crop, device=dev), "y": torch.randint(0, spec.n_classes, (b, *crop), device=dev),
+             "u": torch.rand(b, 1, *crop, device=dev), "u_mix": torch.rand(b, 1, *crop, device=dev)}
+    use_amp = dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+
+    gen = torch.Generator()
+    times = []
+    for i in range(warmup + iters):
+        gen.manual_seed(i)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        ctx = StepContext(i, dev, gen, lambda loss: scaler.scale(loss).backward(), autocast)
+        method.training_step(batch, ctx)
+        scaler.step(opt)
+        scaler.update()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - tic)
+    out = {"dataset": dataset, "variant": variant, "batch": f"{b}+{b}+{b}" if variant != "supervised" else f"{b}",
+           "crop": crop, "seconds_per_iter": statistics.median(times), "seconds_all": times,
+           "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+           "device": str(dev), "threads": threads}
+    if dev.type == "cuda":
+        out["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=sorted(SHAPES), required=True)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--allocators", nargs="+", default=list(ALLOCATORS), choices=list(ALLOCATORS))
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.single:
+        print(json.dumps(run_one(a.dataset, a.variants[0], a.iters, a.warmup, a.threads, a.device)))
+        return
+    import torch
+    results = []
+    for alloc in a.allocators:
+        for variant in a.variants:
+            env = {**os.environ, **ALLOCATORS[alloc], "PYTHONPATH": str(REPO)}
+            cmd = [sys.executable, __file__, "--single", "--dataset", a.dataset, "--variants", variant,
+                   "--iters", str(a.iters), "--warmup", str(a.warmup), "--threads", str(a.threads),
+                   "--device", a.device]
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if res.returncode:
+                sys.exit(f"{variant} ({alloc}) failed:\n{res.stderr[-3000:]}")
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            r.update(allocator=alloc, allocator_env=ALLOCATORS[alloc])
+            results.append(r)
+            print(f"{a.dataset:5s} {alloc:8s} {variant:24s} {r['seconds_per_iter']:7.2f} s/it  "
+                  f"peak RSS {r['peak_rss_gib']:5.2f} GiB", flush=True)
+    doc = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                       "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
+           "iters": a.iters, "warmup": a.warmup, "results": results}
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

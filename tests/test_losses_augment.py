@@ -1,0 +1,75 @@
+import numpy as np
+import torch
+
+from crossmatch.data.augment import apply_cutmix, cutmix_boxes, strong_intensity, weak_view
+from crossmatch.losses import dice_loss, masked_dice
+
+
+def test_pixels_under_tau_contribute_nothing():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 16, 16, requires_grad=True)
+    target = torch.randint(0, 4, (2, 16, 16))
+    conf = torch.rand(2, 16, 16)
+    tau = 0.5
+    low = conf < tau
+    loss = masked_dice(logits, target, conf, tau)
+    loss.backward()
+    # no gradient reaches low-confidence pixels
+    assert logits.grad[low.unsqueeze(1).expand_as(logits)].abs().max() == 0
+    assert logits.grad[~low.unsqueeze(1).expand_as(logits)].abs().max() > 0
+    # changing predictions and targets there leaves the loss unchanged
+    other = logits.detach().clone()
+    other[low.unsqueeze(1).expand_as(other)] = torch.randn(int(low.sum()) * 4)
+    target2 = target.clone()
+    target2[low] = (target2[low] + 1) % 4
+    assert torch.allclose(masked_dice(other, target2, conf, tau), loss.detach())
+
+
+def test_dice_loss_perfect_and_wrong():
+    target = torch.randint(0, 3, (1, 8, 8))
+    perfect = torch.nn.functional.one_hot(target, 3).movedim(-1, 1).float()
+    assert dice_loss(perfect, target).item() < 1e-4
+    wrong = torch.nn.functional.one_hot((target + 1) % 3, 3).movedim(-1, 1).float()
+    assert dice_loss(wrong, target).item() > 0.99
+
+
+def test_cutmix_keeps_image_and_label_aligned():
+    gen = torch.Generator().manual_seed(0)
+    n, h, w = 8, 32, 40
+    # each image encodes its own label: label = image value
+    lab_a = torch.randint(0, 4, (n, h, w))
+    lab_b = torch.randint(0, 4, (n, h, w))
+    img_a, img_b = lab_a[:, None].float(), lab_b[:, None].float()
+    box = cutmix_boxes(n, (h, w), gen, p=1.0)
+    assert box.any(dim=(1, 2)).all()
+    img = apply_cutmix(img_a, img_b, box)
+    lab = apply_cutmix(lab_a, lab_b, box)
+    assert torch.equal(img[:, 0].long(), lab)
+    assert torch.equal(lab[box], lab_b[box]) and torch.equal(lab[~box], lab_a[~box])
+    # 3D boxes, and p=0 gives no box
+    assert cutmix_boxes(2, (8, 8, 8), gen, p=1.0).any(dim=(1, 2, 3)).all()
+    assert not cutmix_boxes(4, (8, 8), gen, p=0.0).any()
+
+
+def test_weak_view_moves_image_and_label_together():
+    rng = np.random.default_rng(0)
+    label = np.zeros((40, 30), np.uint8)
+    label[5:15, 3:10] = 1
+    label[20:35, 12:28] = 2
+    image = label[None].astype(np.float32)
+    for seed in range(10):
+        im, lb = weak_view(image, label, (32, 32), np.random.default_rng(seed))
+        assert im.shape == (1, 32, 32) and lb.shape == (32, 32)
+        # rounding the (linearly interpolated) image recovers the label almost everywhere
+        assert (np.rint(im[0]) == lb).mean() > 0.95
+    vol = rng.normal(size=(1, 40, 36, 24)).astype(np.float32)
+    vlab = (vol[0] > 0).astype(np.uint8)
+    im, lb = weak_view(vol, vlab, (32, 32, 16), rng)
+    assert im.shape == (1, 32, 32, 16) and np.array_equal(lb, (im[0] > 0).astype(np.uint8))
+
+
+def test_strong_intensity_is_reproducible_and_clipped():
+    x = torch.rand(4, 1, 16, 16)
+    a = strong_intensity(x, torch.Generator().manual_seed(3), clip=(0, 1))
+    b = strong_intensity(x, torch.Generator().manual_seed(3), clip=(0, 1))
+    assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1 and not torch.equal(a, x)

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from crossmatch.models import DROPOUT_TYPES, FeatureDropout, build_model
+
+
+@pytest.mark.parametrize("dim,shape", [(2, (4, 1, 32, 48)), (3, (2, 1, 16, 16, 32))])
+def test_output_shapes_with_and_without_fp(dim, shape):
+    n_classes = 4 if dim == 2 else 2
+    model = build_model(dim, 1, n_classes)
+    x = torch.randn(shape)
+    out = model(x)
+    assert out.shape == (shape[0], n_classes, *shape[2:])
+    a, b, bw, bs = model(x, need_fp=True)
+    half = shape[0] // 2
+    for t in (a, b, bw, bs):
+        assert t.shape == (half, n_classes, *shape[2:])
+    # split=0 perturbs the whole batch
+    a, b, bw, bs = model(x, need_fp=True, split=0)
+    assert a.shape[0] == 0 and b.shape[0] == bw.shape[0] == bs.shape[0] == shape[0]
+
+
+def test_stacked_streams_equal_looped_streams():
+    torch.manual_seed(0)
+    stacked = build_model(2, 1, 4).eval()
+    looped = build_model(2, 1, 4, stack_streams=False).eval()
+    looped.load_state_dict(stacked.state_dict())
+    x = torch.randn(4, 1, 32, 32)
+    torch.manual_seed(1)
+    out_s = stacked(x, need_fp=True)
+    torch.manual_seed(1)
+    out_l = looped(x, need_fp=True)
+    for s, l in zip(out_s, out_l):
+        torch.testing.assert_close(s, l, rtol=1e-4, atol=1e-5)
+
+
+def test_clean_stream_of_fp_equals_plain_forward_in_eval():
+    model = build_model(2, 1, 4).eval()
+    x = torch.randn(4, 1, 32, 32)
+    a, b, bw, bs = model(x, need_fp=True)
+    torch.testing.assert_close(torch.cat((a, b)), model(x), rtol=1e-4, atol=1e-5)
+    # the perturbed streams differ from the clean one
+    assert not torch.allclose(bw, b) and not torch.allclose(bs, b)
+
+
+@pytest.mark.parametrize("kind", DROPOUT_TYPES)
+def test_feature_dropout_active_in_eval_mode(kind):
+    drop = FeatureDropout(0.75, kind).eval()
+    x = torch.ones(2, 8, 4, 4)
+    assert not torch.equal(drop(x), x)
+
+
+def test_dropout_rates_and_bad_type():
+    model = build_model(2, 1, 4, dropout_type="alpha")
+    assert model.perturb.weak.p == 0.25 and model.perturb.strong.p == 0.75
+    with pytest.raises(ValueError, match="dropout_type"):
+        build_model(2, 1, 4, dropout_type="bogus")

@@ -1,0 +1,159 @@
+"""Trainer behaviour: resume equality, divergence, run layout, evaluation."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from crossmatch import config
+from crossmatch.errors import ConfigError, TrainingDiverged
+from crossmatch.evaluate import evaluate_run
+from crossmatch.train import train
+
+from conftest import tiny_overrides
+
+
+def _weights(path):
+    return torch.load(path, weights_only=False)["model"]
+
+
+@pytest.mark.parametrize("method,workers", [("crossmatch", 0), ("crossmatch", 1), ("supervised", 0)])
+def test_killed_and_resumed_run_equals_uninterrupted(acdc_root, tmp_path, method, workers):
+    raw = tiny_overrides(acdc_root, iterations=6, ckpt_every=2, num_workers=workers)
+    raw["method"] = {"name": method}
+    cfg = config.resolve(raw)
+    full = train(cfg, tmp_path / "full")
+    # interrupted after iteration 3: the last checkpoint is at 2, iteration 3 is redone
+    train(cfg, tmp_path / "cut", stop_after=3)
+    assert not (tmp_path / "cut" / "checkpoints" / "final.pt").exists()
+    (tmp_path / "cut" / "checkpoints" / "latest.pt").unlink()
+    train(cfg, tmp_path / "cut", stop_after=2)          # from scratch to checkpoint 2
+    resumed = train(cfg, tmp_path / "cut")               # resume 2 -> 6
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log_a = pd.read_csv(tmp_path / "full" / "log.csv")
+    log_b = pd.read_csv(tmp_path / "cut" / "log.csv")
+    assert list(log_b["iteration"]) == list(range(1, 7))
+    pd.testing.assert_series_equal(log_a["loss"], log_b["loss"])
+
+
+def test_log_has_every_loss_term_and_best_checkpoint(acdc_root, tmp_path):
+    cfg = config.resolve(tiny_overrides(acdc_root))
+    train(cfg, tmp_path / "run")
+    log = pd.read_csv(tmp_path / "run" / "log.csv")
+    for col in ("lr", "loss", "sup", "ip_s1", "ip_s2", "tkd_w_dw", "tkd_w_ds", "tkd_s_dw",
+                "tkd_s_ds", "dkd_dw", "dkd_ds", "mask_ratio", "val_dice"):
+        assert col in log.columns, col
+    assert log["val_dice"].notna().sum() == 2          # iterations 2 and 4
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)
+    assert best["val_dice"] == log["val_dice"].max()
+    assert log["lr"].iloc[0] == 0.01 and log["lr"].is_monotonic_decreasing
+
+
+def test_total_loss_is_the_weighted_sum_of_terms(acdc_root):
+    from crossmatch.methods.crossmatch import CrossMatch
+    hp = CrossMatch.hyperparameters("acdc", {})
+    w = CrossMatch(None, None, hp).weights()
+    # reference form: (sup + .25 s1 + .25 s2 + 0.5 kd) / 2, kd = .7 mean(4 tkd) + .3 mean(2 dkd)
+    assert w["sup"] == 0.5 and w["ip_s1"] == 0.125
+    assert w["tkd_w_dw"] == pytest.approx(0.5 * 0.7 / 4 / 2)
+    assert w["dkd_dw"] == pytest.approx(0.5 * 0.3 / 2 / 2)
+    paper = CrossMatch(None, None, CrossMatch.hyperparameters("acdc", {"loss_form": "paper"})).weights()
+    assert paper["sup"] == 1 and paper["ip_s1"] == 1 and paper["tkd_w_dw"] == pytest.approx(0.7 / 4)
+    no_dkd = CrossMatch(None, None, CrossMatch.hyperparameters("acdc", {"dkd": False})).weights()
+    assert no_dkd["dkd_dw"] == 0
+
+
+@pytest.mark.parametrize("settings", [
+    {"strong_views": 1}, {"tkd": False, "dkd": False}, {"loss_form": "paper", "eta": 1.0}])
+def test_crossmatch_ablation_switches_train(acdc_root, tmp_path, settings):
+    raw = tiny_overrides(acdc_root, iterations=2, val_every=0)
+    raw["method"] = {"name": "crossmatch", **settings}
+    raw["model"] = {"dropout_type": "feature_alpha"}
+    train(config.resolve(raw), tmp_path / "run")
+    log = pd.read_csv(tmp_path / "run" / "log.csv")
+    assert len(log) == 2 and log["loss"].notna().all()
+    if settings.get("strong_views") == 1:
+        assert "ip_s2" not in log.columns
+
+
+def test_nan_loss_stops_with_experiment_and_iteration(acdc_root, tmp_path, monkeypatch):
+    import crossmatch.methods.supervised as sup
+    real = sup.supervised_loss
+    calls = {"n": 0}
+
+    def flaky(logits, target):
+        calls["n"] += 1
+        ce, dice = real(logits, target)
+        return (ce * float("nan"), dice) if calls["n"] == 3 else (ce, dice)
+
+    monkeypatch.setattr(sup, "supervised_loss", flaky)
+    raw = tiny_overrides(acdc_root, iterations=4, ckpt_every=2, val_every=0)
+    raw["method"] = {"name": "supervised"}
+    with pytest.raises(TrainingDiverged, match=r"acdc/supervised/l3/default/s0: loss is nan at iteration 3.*latest\.pt"):
+        train(config.resolve(raw), tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=False)
+    assert state["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_evaluate_writes_per_case_metrics_and_summary(acdc_root, tmp_path):
+    cfg = config.resolve(tiny_overrides(acdc_root))
+    train(cfg, tmp_path / "run")
+    for ckpt in ("final", "best"):
+        s = evaluate_run(tmp_path / "run", ckpt, "cpu")
+        out = tmp_path / "run" / "eval" / ckpt
+        rows = pd.read_csv(out / "metrics_per_case.csv")
+        assert len(rows) == 3 and set(rows["class_name"]) == {"RV", "Myo", "LV"}
+        assert json.loads((out / "summary.json").read_text())["checkpoint"] == ckpt
+        assert (out / "predictions" / "patient004_frame01.h5").is_file()
+        assert 0 <= s["mean"]["dice"]["mean"] <= 1 and s["split"] == "test"
+
+
+@pytest.mark.parametrize("override,message", [
+    (["train.lr=fast"], "train.lr: expected float"),
+    (["train.bogus=1"], "train.bogus: unknown key"),
+    (["method.tau=2"], "method.tau must be in"),
+    (["method.name=supervised", "method.tau=0.9"], "method.tau: not a hyperparameter of 'supervised'"),
+    (["dataset.labeled=5"], "dataset.labeled: 5 has no split lists"),
+    (["train.crop=[100,100]"], "train.crop: need 2 sizes divisible by 16"),
+    (["model.dropout_type=gaussian"], "model.dropout_type must be"),
+])
+def test_bad_config_names_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        config.load(None, override)
+
+
+def test_experiment_id_spells_settings():
+    cfg = config.load(None, ["dataset.name=la", "dataset.labeled=8", "train.seed=1"])
+    assert config.experiment_id(cfg) == "la/crossmatch/l8/tau0.85-eta0.3/s1"
+    cfg = config.load(None, ["method.strong_views=1", "model.dropout_type=alpha"])
+    assert config.experiment_id(cfg) == "acdc/crossmatch/l3/tau0.95-eta0.3-strong_views1-dropout_typealpha/s0"
+
+
+def test_split_backward_gives_the_same_gradient_as_one_backward():
+    import contextlib
+
+    from crossmatch.data.specs import get_spec
+    from crossmatch.methods import StepContext
+    from crossmatch.methods.crossmatch import CrossMatch
+    from crossmatch.models import build_model
+
+    spec = get_spec("acdc")
+    torch.manual_seed(0)
+    batch = {"x": torch.rand(2, 1, 32, 32), "y": torch.randint(0, 4, (2, 32, 32)),
+             "u": torch.rand(2, 1, 32, 32), "u_mix": torch.rand(2, 1, 32, 32)}
+    grads = []
+    for split in (True, False):
+        torch.manual_seed(1)
+        model = build_model(2, 1, 4)
+        hp = CrossMatch.hyperparameters("acdc", {"split_backward": split, "tau": 0.3})
+        ctx = StepContext(0, torch.device("cpu"), torch.Generator().manual_seed(2),
+                          lambda loss: loss.backward(), contextlib.nullcontext)
+        logs = CrossMatch(model, spec, hp).training_step(batch, ctx)
+        assert logs["mask_ratio"] > 0
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
