@@ -46,8 +46,10 @@ def _evaluate(a: argparse.Namespace) -> None:
         s = evaluate_run(a.run, ckpt, a.device, save_predictions=not a.no_predictions, limit=a.limit)
         per = ", ".join(f"{n} {100 * s['per_class'][str(i + 1)]['dice']['mean']:.1f}"
                         for i, n in enumerate(s["class_names"]))
+        timing = (f"; training {s['train_seconds'] / 60:.1f} min, {s['seconds_per_iteration']:.3f} s/it"
+                  if "train_seconds" in s else "")
         print(f"{ckpt} (iteration {s['iteration']}): mean Dice {100 * s['mean']['dice']['mean']:.2f} "
-              f"[{per}] on {s['n_test_cases']} test cases -> {a.run}/eval/{ckpt}/")
+              f"[{per}] on {s['n_test_cases']} test cases{timing} -> {a.run}/eval/{ckpt}/")
 
 
 def _config(a: argparse.Namespace) -> None:

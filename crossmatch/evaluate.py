@@ -119,5 +119,11 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "final", device: str = "
         "spacing_known": spec.spacing is not None, "empty_policy": EMPTY_POLICY,
         "metrics": list(METRIC_KEYS),
     })
+    log = run_dir / "log.csv"
+    if log.is_file():
+        with open(log, newline="") as f:
+            last = list(csv.DictReader(f))[-1]
+        summary["train_seconds"] = float(last["seconds"])
+        summary["seconds_per_iteration"] = float(last["seconds"]) / int(last["iteration"])
     write_json(out / "summary.json", summary)
     return summary

@@ -25,11 +25,11 @@ def dice_loss(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | N
     return (1 - (2 * inter + smooth) / (denom + smooth)).mean()
 
 
-def supervised_loss(logits: torch.Tensor, target: torch.Tensor, from_class: int = 0
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def supervised_loss(logits: torch.Tensor, target: torch.Tensor, from_class: int = 0,
+                    smooth: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy and Dice on labeled data; the methods combine them as (CE + Dice) / 2."""
     logits = logits.float()
-    return F.cross_entropy(logits, target), dice_loss(logits.softmax(1), target, from_class=from_class)
+    return F.cross_entropy(logits, target), dice_loss(logits.softmax(1), target, None, smooth, from_class)
 
 
 def pseudo_label(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +39,7 @@ def pseudo_label(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def masked_dice(logits: torch.Tensor, target: torch.Tensor, conf: torch.Tensor,
-                tau: float, from_class: int = 0) -> torch.Tensor:
+                tau: float, from_class: int = 0, smooth: float = 1e-5) -> torch.Tensor:
     """Dice of ``logits`` against a pseudo-label, ignoring pixels whose teacher
     confidence is below ``tau``."""
-    return dice_loss(logits.float().softmax(1), target, conf >= tau, from_class=from_class)
+    return dice_loss(logits.float().softmax(1), target, conf >= tau, smooth, from_class)

@@ -151,7 +151,7 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
     use_amp = bool(t["amp"]) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    start, best = 0, (-1.0, -1)
+    start, best, elapsed = 0, (-1.0, -1), 0.0
     latest = ckpt_dir / "latest.pt"
     if latest.is_file():
         state = torch.load(latest, map_location=device, weights_only=False)
@@ -160,6 +160,7 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
         scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         start, best = state["iteration"], tuple(state["best"])
+        elapsed = state.get("elapsed", 0.0)  # training seconds before the interruption
     if start >= t["iterations"] and (ckpt_dir / "final.pt").is_file():
         return ckpt_dir / "final.pt"
     log = CsvLog(run_dir / "log.csv", start)
@@ -186,7 +187,7 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
     def save_latest(iteration: int) -> None:
         save_checkpoint(latest, model=model.state_dict(), optimizer=optimizer.state_dict(),
                         scaler=scaler.state_dict(), rng=_rng_state(), iteration=iteration,
-                        best=list(best), experiment=exp)
+                        best=list(best), experiment=exp, elapsed=elapsed + time.perf_counter() - tic)
 
     model.train()
     bar = tqdm(total=t["iterations"], initial=start, desc=exp, unit="it", dynamic_ncols=True)
@@ -203,7 +204,7 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
         scaler.step(optimizer)
         scaler.update()
         done = it + 1
-        row = {"iteration": done, "lr": lr, **values, "seconds": time.perf_counter() - tic}
+        row = {"iteration": done, "lr": lr, **values, "seconds": elapsed + time.perf_counter() - tic}
         if t["val_every"] and (done % t["val_every"] == 0 or done == t["iterations"]):
             score = validate(model, spec, cfg, splits.val, device)
             row["val_dice"] = score

@@ -26,6 +26,7 @@ class DatasetSpec:
     intensity_range: tuple[float, float] | None = None  # clip colour jitter to it (min-max data)
     # first class of the Dice losses: 0 = every class (UniMatch, 2D), 1 = foreground only (UA-MT, 3D)
     dice_from_class: int = 0
+    dice_smooth: float = 1e-4      # the reference Dice's smoothing term (UniMatch 1e-4, UA-MT 1e-5)
     # list files under config/splits/<name>/, by role; {n} is the labeled count
     lists: dict[str, str] = field(default_factory=dict)
 
@@ -47,7 +48,7 @@ DATASETS: dict[str, DatasetSpec] = {
         name="la", dim=3, n_classes=2, class_names=("LA",), in_channels=1,
         crop=(112, 112, 80), labeled_counts=(4, 8, 16),
         eval_patch=(112, 112, 80), eval_stride=(18, 18, 4),
-        spacing=(0.625, 0.625, 0.625), dice_from_class=1,
+        spacing=(0.625, 0.625, 0.625), dice_from_class=1, dice_smooth=1e-5,
         lists={"labeled": "train_{n}_label.list", "unlabeled": "train_{n}_unlabel.list",
                "val": "val.list", "test": "test.list", "train": "train.list"},
     ),

@@ -97,7 +97,8 @@ class CrossMatch(Method):
         model, hp, tau = self.model, self.hp, self.hp["tau"]
         if hp["tau_schedule"] == "reference_ramp":
             tau = reference_ramp(tau, ctx.iteration, hp["ramp_length"])
-        fc = self.spec.dice_from_class
+        # Dice options of the dataset's reference code: first class and smoothing
+        dice = dict(from_class=self.spec.dice_from_class, smooth=self.spec.dice_smooth)
         x, y, u, u_mix = batch["x"], batch["y"], batch["u"], batch["u_mix"]
         n, spatial = u.shape[0], tuple(u.shape[2:])
         clip = self.spec.intensity_range
@@ -127,15 +128,15 @@ class CrossMatch(Method):
             xu = torch.cat((x, u))
             out = model(xu, need_fp=True, split=len(x)) if use_fp else model(xu).split([len(x), n])
         pred_x, p_w = out[0], out[1]
-        ce, dice = supervised_loss(pred_x, y, fc)
-        terms["sup"] = (ce + dice) / 2
+        ce, dice_x = supervised_loss(pred_x, y, **dice)
+        terms["sup"] = (ce + dice_x) / 2
         p_w = p_w.detach().float().softmax(1)
         conf_w, y_w = pseudo_label(p_w)
         if use_fp:
             p_w_dw, p_w_ds = out[2], out[3]
             if hp["tkd"]:
-                terms["tkd_w_dw"] = masked_dice(p_w_dw, y_w, conf_w, tau, fc)
-                terms["tkd_w_ds"] = masked_dice(p_w_ds, y_w, conf_w, tau, fc)
+                terms["tkd_w_dw"] = masked_dice(p_w_dw, y_w, conf_w, tau, **dice)
+                terms["tkd_w_ds"] = masked_dice(p_w_ds, y_w, conf_w, tau, **dice)
             targets_dw = p_w_dw.detach().float().softmax(1)
             targets_ds = p_w_ds.detach().float().softmax(1)
         loss_a = self.combine(terms)
@@ -156,23 +157,23 @@ class CrossMatch(Method):
             else:
                 p_s = list(model(torch.cat(strong)).split(n))
         for i, (pred, (conf, lab)) in enumerate(zip(p_s, mixed)):
-            part[f"ip_s{i + 1}"] = masked_dice(pred, lab, conf, tau, fc)
+            part[f"ip_s{i + 1}"] = masked_dice(pred, lab, conf, tau, **dice)
         if use_fp:
             conf_s, lab_s = mixed[-1]
             if hp["tkd"]:
-                part["tkd_s_dw"] = masked_dice(out[2], lab_s, conf_s, tau, fc)
-                part["tkd_s_ds"] = masked_dice(out[3], lab_s, conf_s, tau, fc)
+                part["tkd_s_dw"] = masked_dice(out[2], lab_s, conf_s, tau, **dice)
+                part["tkd_s_ds"] = masked_dice(out[3], lab_s, conf_s, tau, **dice)
             if hp["dkd"]:
                 c, t = pseudo_label(apply_cutmix(targets_dw, mix_dw, last))
-                part["dkd_dw"] = masked_dice(out[2], t, c, tau, fc)
+                part["dkd_dw"] = masked_dice(out[2], t, c, tau, **dice)
                 c, t = pseudo_label(apply_cutmix(targets_ds, mix_ds, last))
-                part["dkd_ds"] = masked_dice(out[3], t, c, tau, fc)
+                part["dkd_ds"] = masked_dice(out[3], t, c, tau, **dice)
         ctx.backward(self.combine(part) if loss_a is None else loss_a + self.combine(part))
 
         terms.update(part)
         logs = {k: v.item() for k, v in terms.items()}
         logs["loss"] = sum(self.weights()[k] * v for k, v in logs.items())
-        logs["sup_ce"], logs["sup_dice"] = ce.item(), dice.item()
+        logs["sup_ce"], logs["sup_dice"] = ce.item(), dice_x.item()
         logs["mask_ratio"] = (conf_w >= tau).float().mean().item()
         logs["tau"] = tau
         return logs

@@ -16,7 +16,7 @@ class Supervised(Method):
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         with ctx.autocast():
             logits = self.model(batch["x"])
-        ce, dice = supervised_loss(logits, batch["y"], self.spec.dice_from_class)
+        ce, dice = supervised_loss(logits, batch["y"], self.spec.dice_from_class, self.spec.dice_smooth)
         loss = (ce + dice) / 2
         ctx.backward(loss)
         return {"loss": loss.item(), "sup_ce": ce.item(), "sup_dice": dice.item()}
