@@ -41,16 +41,23 @@ VARIANTS = {
     "crossmatch_one_backward": ({"name": "crossmatch", "split_backward": False}, {}),
     "crossmatch_looped": ({"name": "crossmatch"}, {"stack_streams": False}),
 }
+# (environment, in-process tuning): glibc defaults; the environment setting
+# the reference was measured under (mmap off); our trainer's default
+# (crossmatch.runtime.tune_allocator: mmap off and no heap trimming)
 ALLOCATORS = {
-    "default": {},
-    # glibc: never serve allocations with mmap, so freed blocks are reused
-    # instead of being returned to the OS and page-faulted back in
-    "no_mmap": {"MALLOC_MMAP_MAX_": "0"},
+    "default": ({}, False),
+    "no_mmap": ({"MALLOC_MMAP_MAX_": "0"}, False),
+    "tuned": ({}, True),
 }
 
 
-def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, device: str) -> dict:
+def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, device: str,
+            tune: bool) -> dict:
     import torch
+
+    from crossmatch.runtime import tune_allocator
+    if tune:
+        tune_allocator()
 
     from crossmatch import config
     from crossmatch.data.specs import get_spec
@@ -109,28 +116,31 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--allocators", nargs="+", default=list(ALLOCATORS), choices=list(ALLOCATORS))
     p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (the heap grows to its "
+                   "steady size over the first steps)")
+    p.add_argument("--tune", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path)
     p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.single:
-        print(json.dumps(run_one(a.dataset, a.variants[0], a.iters, a.warmup, a.threads, a.device)))
+        print(json.dumps(run_one(a.dataset, a.variants[0], a.iters, a.warmup, a.threads, a.device, a.tune)))
         return
     import torch
     results = []
     for alloc in a.allocators:
         for variant in a.variants:
-            env = {**os.environ, **ALLOCATORS[alloc], "PYTHONPATH": str(REPO)}
+            alloc_env, tune = ALLOCATORS[alloc]
+            env = {**os.environ, **alloc_env, "PYTHONPATH": str(REPO)}
             cmd = [sys.executable, __file__, "--single", "--dataset", a.dataset, "--variants", variant,
                    "--iters", str(a.iters), "--warmup", str(a.warmup), "--threads", str(a.threads),
-                   "--device", a.device]
+                   "--device", a.device] + (["--tune"] if tune else [])
             res = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if res.returncode:
                 sys.exit(f"{variant} ({alloc}) failed:\n{res.stderr[-3000:]}")
             r = json.loads(res.stdout.strip().splitlines()[-1])
-            r.update(allocator=alloc, allocator_env=ALLOCATORS[alloc])
+            r.update(allocator=alloc, allocator_env=alloc_env, tune_allocator=tune)
             results.append(r)
             print(f"{a.dataset:5s} {alloc:8s} {variant:24s} {r['seconds_per_iter']:7.2f} s/it  "
                   f"peak RSS {r['peak_rss_gib']:5.2f} GiB", flush=True)

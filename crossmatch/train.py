@@ -37,6 +37,7 @@ from .evaluate import mean_dice
 from .io import atomic_path, write_yaml
 from .methods import StepContext, get_method
 from .models import build_model
+from .runtime import tune_allocator
 
 
 def pick_device(name: str) -> torch.device:
@@ -141,6 +142,8 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
     write_yaml(run_dir / "config.yaml", {"experiment": exp, **cfg, "notes": splits.notes})
 
     device = pick_device(t["device"])
+    if t["tune_allocator"] and device.type == "cpu":
+        tune_allocator()
     if t["threads"]:
         torch.set_num_threads(t["threads"])
     seed_everything(t["seed"])

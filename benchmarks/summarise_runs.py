@@ -1,0 +1,61 @@
+"""Collect ``<runs>/<method>/s<seed>/eval/<checkpoint>/summary.json`` into one
+JSON file and print a Markdown table (Dice in %, mean over the test cases;
+per method also mean ± std over seeds).
+
+  python benchmarks/summarise_runs.py results/runs/acdc_l3_cpu --out benchmarks/results/acdc_l3_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", type=Path)
+    p.add_argument("--out", type=Path)
+    a = p.parse_args()
+    rows = []
+    for path in sorted(a.runs.glob("*/s*/eval/*/summary.json")):
+        s = json.loads(path.read_text())
+        method, seed, ckpt = path.parts[-5], int(path.parts[-4][1:]), path.parts[-2]
+        per = {n: s["per_class"][str(i + 1)]["dice"]["mean"] for i, n in enumerate(s["class_names"])}
+        rows.append({"method": method, "seed": seed, "checkpoint": ckpt, "iteration": s["iteration"],
+                     "dice": s["mean"]["dice"]["mean"], "per_class_dice": per,
+                     "hd95_vox": s["mean"]["hd95_vox"]["mean"], "asd_vox": s["mean"]["asd_vox"]["mean"],
+                     "train_minutes": s.get("train_seconds", 0) / 60,
+                     "seconds_per_iteration": s.get("seconds_per_iteration"),
+                     "n_test_cases": s["n_test_cases"]})
+    if not rows:
+        raise SystemExit(f"no evaluated runs under {a.runs}")
+    names = list(rows[0]["per_class_dice"])
+    print("| method | seed | checkpoint | mean Dice | " + " | ".join(names) +
+          " | HD95 (vox) | s/iteration | training (min) |")
+    print("|---" * (8 + len(names)) + "|")
+    for r in rows:
+        print(f"| {r['method']} | {r['seed']} | {r['checkpoint']} (it {r['iteration']}) | {pct(r['dice'])} | "
+              + " | ".join(pct(r["per_class_dice"][n]) for n in names)
+              + f" | {r['hd95_vox']:.1f} | {r['seconds_per_iteration']:.2f} | {r['train_minutes']:.1f} |")
+    summary = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        for ckpt in ("final", "best"):
+            d = [r["dice"] for r in rows if r["method"] == method and r["checkpoint"] == ckpt]
+            if d:
+                summary[f"{method}/{ckpt}"] = {"seeds": len(d), "mean": statistics.mean(d),
+                                               "std": statistics.stdev(d) if len(d) > 1 else 0.0}
+    print()
+    for k, v in summary.items():
+        print(f"- {k}: mean Dice {pct(v['mean'])} ± {pct(v['std'])} over {v['seeds']} seed(s)")
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps({"runs": rows, "over_seeds": summary}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
