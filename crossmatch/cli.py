@@ -18,7 +18,7 @@ EPILOG_CONFIG = ("Config keys and defaults: `crossmatch config` (or README, 'Con
 def _preprocess(a: argparse.Namespace) -> None:
     from . import config
     from .data.preprocess import preprocess
-    d = config.load(a.config, a.set)["dataset"] if a.config else {}
+    d = config.load(a.config, a.set)["dataset"] if a.config or a.set else {}
     dataset = a.dataset or d.get("name")
     raw, out = a.raw or d.get("raw"), a.out or d.get("root")
     missing = a.missing_cases or d.get("missing_cases", "error")

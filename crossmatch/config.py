@@ -14,8 +14,10 @@ from typing import Any
 import yaml
 
 from .data.specs import get_spec
+from .data.splits import MISSING_POLICIES, SPLIT_ROLES
 from .errors import ConfigError
 from .methods import get_method
+from .models import DROPOUT_TYPES
 
 # key: (default, help). None as default means "from the dataset spec".
 DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
@@ -23,10 +25,11 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "name": ("acdc", "dataset: acdc | la"),
         "raw": ("../shared/data/ACDC", "raw data folder read by `crossmatch preprocess`"),
         "root": ("results/data/acdc", "preprocessed root written by `crossmatch preprocess`"),
-        "labeled": (3, "labeled count of the standard lists (acdc 1/3/7/14 patients, la 4/8/16 cases)"),
+        "labeled": (3, "labeled count of the standard lists (acdc 1/3/7/14 patients, la 4/8/16 cases, "
+                       "default 8); fully_supervised uses all"),
         "missing_cases": ("error", "cases named in a list but absent: error | subset (drop them)"),
         "splits": ({}, "optional list files replacing the standard ones, by role: "
-                       "labeled, unlabeled, val, test"),
+                       "labeled, unlabeled, val, test, train (the full training list)"),
     },
     "model": {
         "dropout_type": ("dropout", "feature perturbation: dropout | alpha | feature_alpha"),
@@ -56,7 +59,8 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
                                  "~1.7x faster steps, see crossmatch/runtime.py"),
     },
     "eval": {
-        "stride": (None, "3D sliding-window stride for the test set (default: the dataset's)"),
+        "stride": (None, "3D sliding-window stride for the test set (default: the dataset's, "
+                         "at most the patch = train.crop)"),
         "val_stride": (None, "3D stride during validation (default: half the patch, for speed)"),
         "val_cases": (0, "validate on the first N validation cases only (0: all)"),
     },
@@ -64,14 +68,15 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
 
 DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "acdc": {"train": {"batch_size": 12, "optimizer": "sgd", "lr": 0.01, "iterations": 30000}},
-    "la": {"train": {"batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "iterations": 14000,
+    "la": {"dataset": {"labeled": 8},
+           "train": {"batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "iterations": 14000,
                      "poly_iterations": 17000}},
 }
 SECTIONS = (*DEFAULTS, "method")
 
 
 def _check_type(key: str, value: Any, default: Any) -> None:
-    if default is None or value is None:
+    if default is None or value is None or key == "dataset.labeled" and value == "all":
         return
     ok = isinstance(value, type(default))
     if isinstance(default, bool):
@@ -123,7 +128,12 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
         method = get_method(mname)
     except ValueError as e:
         raise ConfigError(f"method.name: {e}") from None
+    for key, value in method_raw.items():
+        if key in method.defaults:
+            _check_type(f"method.{key}", value, method.defaults[key])
     cfg["method"] = {"name": mname, **method.hyperparameters(name, method_raw)}
+    if method.labels_all:
+        cfg["dataset"]["labeled"] = "all"  # the upper bound labels every training case
 
     t, d = cfg["train"], cfg["dataset"]
     t["crop"] = list(t["crop"] or spec.crop)
@@ -132,27 +142,33 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     t["poly_iterations"] = t["poly_iterations"] or t["iterations"]
     if t["optimizer"] not in ("sgd", "adamw"):
         raise ConfigError(f"train.optimizer must be sgd or adamw, got {t['optimizer']!r}")
-    for key in ("iterations", "batch_size"):
+    for key in ("iterations", "batch_size", "ckpt_every", "log_every"):
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
+    if t["val_every"] < 0:
+        raise ConfigError(f"train.val_every must be >= 0 (0: never), got {t['val_every']}")
+    if not 0.0 <= cfg["model"]["fp_gap"] < 1.0:
+        raise ConfigError(f"model.fp_gap must be in [0, 1), got {cfg['model']['fp_gap']}")
     if t["poly_iterations"] < t["iterations"]:
         raise ConfigError("train.poly_iterations must be >= train.iterations")
-    if d["labeled"] != "all" and d["labeled"] not in spec.labeled_counts:
+    if d["labeled"] != "all" and d["labeled"] not in spec.labeled_counts and "labeled" not in d["splits"]:
         raise ConfigError(f"dataset.labeled: {d['labeled']} has no split lists for {name}; "
                           f"choose one of {list(spec.labeled_counts)}")
-    if d["missing_cases"] not in ("error", "subset"):
-        raise ConfigError(f"dataset.missing_cases must be error or subset, got {d['missing_cases']!r}")
-    bad_roles = set(d["splits"]) - {"labeled", "unlabeled", "val", "test"}
+    if d["missing_cases"] not in MISSING_POLICIES:
+        raise ConfigError(f"dataset.missing_cases must be one of {MISSING_POLICIES}, got {d['missing_cases']!r}")
+    bad_roles = set(d["splits"]) - set(SPLIT_ROLES)
     if bad_roles:
-        raise ConfigError(f"dataset.splits.{sorted(bad_roles)[0]}: unknown role; "
-                          "valid: labeled, unlabeled, val, test")
-    if cfg["model"]["dropout_type"] not in ("dropout", "alpha", "feature_alpha"):
-        raise ConfigError("model.dropout_type must be dropout | alpha | feature_alpha, "
+        raise ConfigError(f"dataset.splits.{sorted(bad_roles)[0]}: unknown role; valid: {list(SPLIT_ROLES)}")
+    if cfg["model"]["dropout_type"] not in DROPOUT_TYPES:
+        raise ConfigError(f"model.dropout_type must be one of {DROPOUT_TYPES}, "
                           f"got {cfg['model']['dropout_type']!r}")
-    if spec.dim == 3:
-        e = cfg["eval"]
-        e["stride"] = list(e["stride"] or spec.eval_stride)
-        e["val_stride"] = list(e["val_stride"] or [p // 2 for p in spec.eval_patch])
+    if spec.dim == 3:  # the sliding window is the training crop
+        e, crop = cfg["eval"], t["crop"]
+        e["stride"] = list(e["stride"] or [min(s, c) for s, c in zip(spec.eval_stride, crop)])
+        e["val_stride"] = list(e["val_stride"] or [c // 2 for c in crop])
+        for key in ("stride", "val_stride"):
+            if len(e[key]) != 3 or not all(0 < s <= c for s, c in zip(e[key], crop)):
+                raise ConfigError(f"eval.{key}: need 3 strides in [1, train.crop={crop}], got {e[key]}")
     return cfg
 
 

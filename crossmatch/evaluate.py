@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .data.h5 import read_case
 from .data.specs import DatasetSpec, get_spec
-from .data.splits import case_id, resolve_splits
+from .data.splits import case_id
 from .errors import DataError
 from .inference import predict_slices_2d, sliding_window_3d
 from .io import atomic_path, write_json
@@ -71,7 +71,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 def evaluate_run(run_dir: str | Path, checkpoint: str = "final", device: str = "auto",
                  save_predictions: bool = True, limit: int = 0) -> dict[str, Any]:
     """Evaluate ``checkpoints/<checkpoint>.pt`` of ``run_dir`` on the test split."""
-    from .train import make_model, pick_device  # train imports this module
+    from .train import make_model, pick_device, splits_for  # train imports this module
 
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
@@ -82,9 +82,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "final", device: str = "
         raise DataError(f"{ckpt_path} not found: the training run is not finished "
                         "(re-run `crossmatch train` with the same arguments to resume it)")
     spec = get_spec(cfg["dataset"]["name"])
-    d = cfg["dataset"]
-    labeled = d["labeled"]
-    splits = resolve_splits(spec, d["root"], labeled, d["missing_cases"], d["splits"])
+    splits = splits_for(cfg)
     files = splits.test[:limit] if limit else splits.test
     dev = pick_device(device)
     model = make_model(cfg, spec).to(dev)
@@ -112,7 +110,8 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "final", device: str = "
         "experiment": cfg.get("experiment"), "checkpoint": checkpoint,
         "iteration": state.get("iteration"),
         "val_dice": None if val is None or (isinstance(val, float) and math.isnan(val)) else val,
-        "selection": "best validation mean Dice" if checkpoint == "best" else "last iteration",
+        "selection": ("last iteration" if checkpoint == "final" else "best validation mean Dice"
+                      if cfg["train"]["val_every"] else "final weights (validation disabled)"),
         "split": "test", "n_test_cases": len(files), "class_names": list(spec.class_names),
         "units": {"dice": "fraction", "jaccard": "fraction", "hd95_vox": "voxel", "asd_vox": "voxel",
                   "hd95_mm": "mm", "asd_mm": "mm"},

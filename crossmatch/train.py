@@ -31,7 +31,7 @@ from tqdm import tqdm
 from .config import experiment_id
 from .data.batches import IterationBatches, iteration_loader
 from .data.specs import DatasetSpec, get_spec
-from .data.splits import resolve_splits
+from .data.splits import Splits, resolve_splits
 from .errors import ConfigError, TrainingDiverged
 from .evaluate import mean_dice
 from .io import atomic_path, write_yaml
@@ -97,29 +97,61 @@ def save_checkpoint(path: Path, **state: Any) -> None:
 
 
 class CsvLog:
-    """Append-only CSV log; on resume, rows after the checkpoint are dropped
-    (they would be recomputed, identically)."""
+    """The per-iteration CSV log. Rows are appended at each flush; the file is
+    rewritten (atomically) only when a new column appears or on resume, when
+    rows after the checkpoint are dropped (they are recomputed, identically)."""
 
     def __init__(self, path: Path, resume_at: int):
-        self.path, self.rows, self.fields = path, [], None
+        self.path, self.rows, self.fields, self.written = path, [], [], 0
         if resume_at and path.is_file():
             with open(path, newline="") as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= resume_at]
-            self.fields = list(self.rows[0]) if self.rows else None
-        self.flush()
+                self.rows = [r for r in csv.DictReader(f)
+                             if r.get("iteration", "").isdigit() and int(r["iteration"]) <= resume_at]
+        self._rewrite()
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
 
     def flush(self) -> None:
-        fields = list(self.fields or [])
+        new = self.rows[self.written:]
+        if any(k not in self.fields for r in new for k in r):
+            self._rewrite()
+        elif new:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.fields).writerows(new)
+            self.written = len(self.rows)
+
+    def _rewrite(self) -> None:
         for r in self.rows:
-            fields += [k for k in r if k not in fields]
-        self.fields = fields
+            self.fields += [k for k in r if k not in self.fields]
         with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
+            w = csv.DictWriter(f, fieldnames=self.fields)
             w.writeheader()
             w.writerows(self.rows)
+        self.written = len(self.rows)
+
+
+# keys that may change between an interrupted run and its resumption
+RESUME_FREE_KEYS = {"num_workers", "device", "threads", "log_every", "tune_allocator", "val_every",
+                    "ckpt_every"}
+
+
+def _resume_conflict(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """The first setting that differs between a checkpoint's config and ``new``."""
+    for section in ("dataset", "model", "method", "train", "eval"):
+        for key in sorted(set(old.get(section, {})) | set(new.get(section, {}))):
+            if section == "train" and key in RESUME_FREE_KEYS:
+                continue
+            a, b = old.get(section, {}).get(key), new.get(section, {}).get(key)
+            if a != b:
+                return f"{section}.{key}: {a!r} in the checkpoint, {b!r} now"
+    return None
+
+
+def splits_for(cfg: dict[str, Any]) -> Splits:
+    """The experiment's splits (one place decides them for training and evaluation)."""
+    d = cfg["dataset"]
+    return resolve_splits(get_spec(d["name"]), d["root"], d["labeled"], d["missing_cases"], d["splits"])
 
 
 def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = None) -> Path:
@@ -135,10 +167,15 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
     t = cfg["train"]
     exp = experiment_id(cfg)
     # check data before any long work: list files, presence, subset policy
-    d = cfg["dataset"]
     method_cls = get_method(cfg["method"]["name"])
-    splits = resolve_splits(spec, d["root"], "all" if getattr(method_cls, "labels_all", False) else d["labeled"],
-                            d["missing_cases"], d["splits"])
+    splits = splits_for(cfg)
+    latest = ckpt_dir / "latest.pt"
+    state = torch.load(latest, map_location="cpu", weights_only=False) if latest.is_file() else None
+    if state is not None and "config" in state:
+        conflict = _resume_conflict(state["config"], cfg)
+        if conflict:
+            raise ConfigError(f"{run_dir} holds a run with other settings ({conflict}); resume it with "
+                              "its own config (see its config.yaml) or train into a new --out")
     write_yaml(run_dir / "config.yaml", {"experiment": exp, **cfg, "notes": splits.notes})
 
     device = pick_device(t["device"])
@@ -155,12 +192,12 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     start, best, elapsed = 0, (-1.0, -1), 0.0
-    latest = ckpt_dir / "latest.pt"
-    if latest.is_file():
-        state = torch.load(latest, map_location=device, weights_only=False)
+    if state is not None:
+        # loaded on the CPU: RNG states must stay there; weights and moments follow the model
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when the run started without AMP
+            scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         start, best = state["iteration"], tuple(state["best"])
         elapsed = state.get("elapsed", 0.0)  # training seconds before the interruption
@@ -190,7 +227,8 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
     def save_latest(iteration: int) -> None:
         save_checkpoint(latest, model=model.state_dict(), optimizer=optimizer.state_dict(),
                         scaler=scaler.state_dict(), rng=_rng_state(), iteration=iteration,
-                        best=list(best), experiment=exp, elapsed=elapsed + time.perf_counter() - tic)
+                        best=list(best), experiment=exp, elapsed=elapsed + time.perf_counter() - tic,
+                        config=cfg)
 
     model.train()
     bar = tqdm(total=t["iterations"], initial=start, desc=exp, unit="it", dynamic_ncols=True)

@@ -45,6 +45,7 @@ def acdc_root(tmp_path: Path) -> dict:
                 lists[role].append(f"data/slices/{case}_slice_{k + 1}.h5")
         else:
             lists[role].append(f"data/{case}.h5")
+    lists["train"] = lists["labeled"] + lists["unlabeled"]
     splits = {}
     for role, entries in lists.items():
         p = root / f"{role}.txt"
@@ -66,3 +67,25 @@ def needs_shared_data(sub: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found at {path} (CI has it; a fresh clone may not)")
     return path
+
+
+@pytest.fixture
+def la_root(tmp_path: Path) -> dict:
+    """A tiny 3D root (atrium-like ellipsoid blobs, 2 labeled, 2 unlabeled,
+    1 val, 1 test); returns the config ``dataset`` section that uses it."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "la"
+    zz, yy, xx = np.mgrid[:40, :36, :28]
+    lists: dict[str, list[str]] = {"labeled": [], "unlabeled": [], "val": [], "test": []}
+    for i, role in enumerate(["labeled", "labeled", "unlabeled", "unlabeled", "val", "test"]):
+        case = f"CASE{i}"
+        c = rng.uniform(12, 20, 3)
+        label = (((zz - c[0]) / 9) ** 2 + ((yy - c[1]) / 7) ** 2 + ((xx - c[2]) / 6) ** 2 < 1).astype(np.uint8)
+        image = label + rng.normal(0, 0.3, label.shape)
+        write_case(root / "volumes" / f"{case}.h5", image, label, spacing=(0.625,) * 3)
+        lists[role].append(case)
+    splits = {}
+    for role, entries in lists.items():
+        (root / f"{role}.list").write_text("\n".join(entries) + "\n")
+        splits[role] = str(root / f"{role}.list")
+    return {"name": "la", "root": str(root), "labeled": 4, "splits": splits}

@@ -29,3 +29,12 @@ def test_config_table_lists_every_key(capsys):
         for key in keys:
             assert f"`{section}.{key}`" in out
     assert "`method.tau` (crossmatch)" in out
+
+
+def test_readme_configuration_table_is_current():
+    """The README's table is `crossmatch config`'s output; regenerate it when keys change."""
+    from pathlib import Path
+
+    from crossmatch.config import describe
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert describe() in readme

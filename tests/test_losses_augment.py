@@ -64,8 +64,10 @@ def test_weak_view_moves_image_and_label_together():
         assert (np.rint(im[0]) == lb).mean() > 0.95
     vol = rng.normal(size=(1, 40, 36, 24)).astype(np.float32)
     vlab = (vol[0] > 0).astype(np.uint8)
-    im, lb = weak_view(vol, vlab, (32, 32, 16), rng)
-    assert im.shape == (1, 32, 32, 16) and np.array_equal(lb, (im[0] > 0).astype(np.uint8))
+    for crop in ((32, 32, 16), (24, 32, 16)):  # square and non-square in-plane crops
+        for _ in range(6):
+            im, lb = weak_view(vol, vlab, crop, rng)
+            assert im.shape == (1, *crop) and np.array_equal(lb, (im[0] > 0).astype(np.uint8))
 
 
 def test_strong_intensity_is_reproducible_and_clipped():

@@ -76,7 +76,9 @@ def test_crossmatch_ablation_switches_train(acdc_root, tmp_path, settings):
     log = pd.read_csv(tmp_path / "run" / "log.csv")
     assert len(log) == 2 and log["loss"].notna().all()
     if settings.get("strong_views") == 1:
-        assert "ip_s2" not in log.columns
+        assert "ip_s2" not in log.columns and "tkd_s_dw" in log.columns
+    if settings.get("tkd") is False:
+        assert not [c for c in log.columns if c.startswith(("tkd", "dkd"))]
 
 
 def test_nan_loss_stops_with_experiment_and_iteration(acdc_root, tmp_path, monkeypatch):
@@ -157,3 +159,44 @@ def test_split_backward_gives_the_same_gradient_as_one_backward():
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fully_supervised_uses_every_training_case(acdc_root, tmp_path):
+    raw = tiny_overrides(acdc_root, iterations=2, val_every=0)
+    raw["method"] = {"name": "fully_supervised"}
+    cfg = config.resolve(raw)
+    assert cfg["dataset"]["labeled"] == "all"
+    assert config.experiment_id(cfg) == "acdc/fully_supervised/lall/default/s0"
+    from crossmatch.train import splits_for
+    assert len(splits_for(cfg).labeled) == 12 and not splits_for(cfg).unlabeled
+    train(cfg, tmp_path / "run")
+    s = evaluate_run(tmp_path / "run", "best", "cpu")
+    assert s["selection"] == "final weights (validation disabled)"
+
+
+@pytest.mark.parametrize("method", ["crossmatch", "supervised"])
+def test_3d_training_and_sliding_window_evaluation(la_root, tmp_path, method):
+    raw = {"dataset": la_root, "method": {"name": method},
+           "train": {"iterations": 2, "batch_size": 1, "crop": [32, 16, 16], "val_every": 2,
+                     "ckpt_every": 2, "num_workers": 0}}
+    cfg = config.resolve(raw)
+    assert cfg["eval"]["stride"] == [18, 16, 4] and cfg["eval"]["val_stride"] == [16, 8, 8]
+    train(cfg, tmp_path / "run")
+    s = evaluate_run(tmp_path / "run", "final", "cpu")
+    rows = pd.read_csv(tmp_path / "run" / "eval" / "final" / "metrics_per_case.csv")
+    assert len(rows) == 1 and s["mean"]["hd95_mm"]["mean"] is not None
+
+
+def test_resume_with_other_settings_is_refused(acdc_root, tmp_path):
+    cfg = config.resolve(tiny_overrides(acdc_root, iterations=4))
+    train(cfg, tmp_path / "run", stop_after=2)
+    other = config.resolve({**tiny_overrides(acdc_root, iterations=4), "method": {"eta": 0.5}})
+    with pytest.raises(ConfigError, match=r"other settings \(method.eta: 0.3 in the checkpoint, 0.5 now\)"):
+        train(other, tmp_path / "run")
+    # worker count may change between the two halves
+    train(config.resolve(tiny_overrides(acdc_root, iterations=4, num_workers=1)), tmp_path / "run")
+
+
+def test_stride_larger_than_crop_is_rejected():
+    with pytest.raises(ConfigError, match=r"eval.stride: need 3 strides in \[1, train.crop"):
+        config.load(None, ["dataset.name=la", "train.crop=[32,32,32]", "eval.stride=[48,8,8]"])

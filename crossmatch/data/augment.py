@@ -72,8 +72,8 @@ def weak_view(image: np.ndarray, label: np.ndarray | None, size: tuple[int, ...]
     """The weak view of a training sample: geometry only.
 
     2D (UniMatch ACDC): p 0.5 rot90+flip, else p 0.5 rotation of up to 20
-    degrees, then resize to ``size``. 3D (UA-MT LA): random crop to ``size``
-    then rot90+flip.
+    degrees, then resize to ``size``. 3D (UA-MT LA): rot90+flip of the whole
+    volume, then a random crop to ``size`` (so any crop shape works).
     """
     if len(size) == 2:
         if rng.random() > 0.5:
@@ -81,8 +81,8 @@ def weak_view(image: np.ndarray, label: np.ndarray | None, size: tuple[int, ...]
         elif rng.random() > 0.5:
             image, label = rotate(image, label, rng)
         return resize(image, label, size)
-    image, label = random_crop(image, label, size, rng)
-    return rot_flip(image, label, rng)
+    image, label = rot_flip(image, label, rng)
+    return random_crop(image, label, size, rng)
 
 
 # ------------------------------------------------------------- strong (torch)

@@ -75,6 +75,9 @@ def preprocess(dataset: str, raw: str | Path, out: str | Path, missing: str = "e
     present = [c for c in cases if c not in absent]
     if not present:
         raise DataError(f"{dataset}: none of the {len(cases)} listed cases is under {raw}")
+    # validate every case before writing anything: a bad file leaves no partial output
+    for case in tqdm(present, desc=f"check {dataset}", unit="case"):
+        read_case(source(raw, case), spec.n_classes)
     files = {}
     for case in tqdm(present, desc=f"preprocess {dataset}", unit="case"):
         src = source(raw, case)
@@ -88,6 +91,8 @@ def preprocess(dataset: str, raw: str | Path, out: str | Path, missing: str = "e
         files[case] = {"source": str(src), "sha256": sha256(src), "shape": list(image.shape),
                        "label_values": sorted(np.unique(label).tolist())}
     manifest = {"dataset": dataset, "raw": str(raw), "missing_cases": missing,
+                "preprocessing": ("validated copy (image float32, label uint8, gzip)"
+                                  + ("; one file per axial slice for training volumes" if spec.dim == 2 else "")),
                 "n_listed": len(cases), "n_present": len(present), "absent": absent,
                 "spacing": list(spec.spacing) if spec.spacing else None,
                 "cases": files}

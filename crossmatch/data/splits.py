@@ -17,6 +17,7 @@ from ..errors import DataError
 from .specs import DatasetSpec
 
 MISSING_POLICIES = ("error", "subset")
+SPLIT_ROLES = ("labeled", "unlabeled", "val", "test", "train")
 VAL_SEED = 2026        # the seed that carved config/splits/la/val.list
 VAL_SIZE = 8
 
@@ -88,7 +89,7 @@ def resolve_splits(spec: DatasetSpec, root: str | Path, labeled: int | str,
     if missing not in MISSING_POLICIES:
         raise ValueError(f"missing_cases must be one of {MISSING_POLICIES}, got {missing!r}")
     root, overrides = Path(root), overrides or {}
-    if labeled != "all" and int(labeled) not in spec.labeled_counts:
+    if labeled != "all" and int(labeled) not in spec.labeled_counts and "labeled" not in overrides:
         raise DataError(f"{spec.name}: no split lists for {labeled} labeled cases; "
                         f"choose one of {list(spec.labeled_counts)} or 'all'")
 
@@ -129,12 +130,17 @@ def resolve_splits(spec: DatasetSpec, root: str | Path, labeled: int | str,
         notes.append(f"missing_cases=subset: {len(absent)} of {len(named)} listed cases absent; "
                      f"using {len(named) - len(absent)}")
     if not paths["val"] and missing == "subset":
-        vol_ids = sorted({owner(case_id(p.name)) for p in paths["unlabeled"]})
+        # carve from the unlabeled pool; fully supervised runs have none, so from the labeled one
+        role = "unlabeled" if paths["unlabeled"] else "labeled"
+        vol_ids = sorted({owner(case_id(p.name)) for p in paths[role]})
+        if len(vol_ids) < 2:
+            raise DataError(f"{spec.name}: no validation case present and too few {role} cases "
+                            f"({len(vol_ids)}) to carve one from")
         n = max(1, len(vol_ids) // 4)
         carved = set(carve_validation(vol_ids, set(), n))
         paths["val"] = _paths(root, sorted(carved), "volumes")
-        paths["unlabeled"] = [p for p in paths["unlabeled"] if owner(case_id(p.name)) not in carved]
-        notes.append(f"no validation case present: carved {n} from the present unlabeled cases "
+        paths[role] = [p for p in paths[role] if owner(case_id(p.name)) not in carved]
+        notes.append(f"no validation case present: carved {n} from the present {role} cases "
                      f"(seed {VAL_SEED}): {sorted(carved)}")
         warnings.warn(notes[-1])
     for role in ("labeled", "val", "test"):

@@ -50,6 +50,7 @@ class StepContext:
 class Method:
     name: ClassVar[str]
     uses_unlabeled: ClassVar[bool] = False
+    labels_all: ClassVar[bool] = False   # train on every training case labeled (upper bound)
     defaults: ClassVar[dict[str, Any]] = {}
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     # hyperparameters spelled in the experiment id (ablation axes)

@@ -74,8 +74,10 @@ def decode_streams(decoder: nn.Module, feats: list[torch.Tensor], sizes: Sequenc
     """Run ``decoder`` on batch-stacked stream features and split the output.
 
     ``sizes`` are the stream batch sizes in the order they are stacked. With
-    ``stack=False`` each stream is decoded in its own call (same result, the
-    looped baseline of the speed benchmark).
+    ``stack=False`` each stream is decoded in its own call: the looped
+    baseline of the speed benchmark. The results are equal in eval mode; in
+    training mode batch norm then normalises each stream by its own
+    statistics instead of the stacked batch's.
     """
     if stack:
         return list(decoder(feats).split(list(sizes)))
