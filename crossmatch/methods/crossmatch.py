@@ -137,8 +137,9 @@ class CrossMatch(Method):
             if hp["tkd"]:
                 terms["tkd_w_dw"] = masked_dice(p_w_dw, y_w, conf_w, tau, **dice)
                 terms["tkd_w_ds"] = masked_dice(p_w_ds, y_w, conf_w, tau, **dice)
-            targets_dw = p_w_dw.detach().float().softmax(1)
-            targets_ds = p_w_ds.detach().float().softmax(1)
+            if hp["dkd"]:  # the dropout streams' own predictions are dkd's targets
+                targets_dw = p_w_dw.detach().float().softmax(1)
+                targets_ds = p_w_ds.detach().float().softmax(1)
         loss_a = self.combine(terms)
         if hp["split_backward"]:
             ctx.backward(loss_a)
