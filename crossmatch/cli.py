@@ -1,4 +1,4 @@
-"""Command line: ``crossmatch preprocess | train | evaluate | config``.
+"""Command line: ``crossmatch check-data | preprocess | train | evaluate | config``.
 
 Each sub-command is one call into the package; Snakemake rules call these
 and nothing else. Errors meant for the user (bad data, bad config, a
@@ -15,6 +15,13 @@ EPILOG_CONFIG = ("Config keys and defaults: `crossmatch config` (or README, 'Con
                  "Override any key with --set section.key=value, e.g. --set train.iterations=1500.")
 
 
+def _check_data(a: argparse.Namespace) -> None:
+    from .data.download import ensure_dataset
+    r = ensure_dataset(a.dataset, a.raw, a.manifest, download=a.download, base_url=a.url,
+                       stamp=a.stamp, allow_missing=a.allow_missing)
+    print(f"{a.dataset}: {len(r.ok)} files verified, {len(r.missing)} missing under {a.raw}")
+
+
 def _preprocess(a: argparse.Namespace) -> None:
     from . import config
     from .data.preprocess import preprocess
@@ -22,9 +29,10 @@ def _preprocess(a: argparse.Namespace) -> None:
     dataset = a.dataset or d.get("name")
     raw, out = a.raw or d.get("raw"), a.out or d.get("root")
     missing = a.missing_cases or d.get("missing_cases", "error")
+    split_dir = a.split_dir if a.split_dir is not None else d.get("split_dir")
     if not (dataset and raw and out):
         raise SystemExit("crossmatch preprocess: give --config, or --dataset, --raw and --out")
-    m = preprocess(dataset, raw, out, missing)
+    m = preprocess(dataset, raw, out, missing, split_dir or None)
     print(f"{dataset}: {m['n_present']} of {m['n_listed']} listed cases written to {out}")
 
 
@@ -42,6 +50,9 @@ def _train(a: argparse.Namespace) -> None:
 
 def _evaluate(a: argparse.Namespace) -> None:
     from .evaluate import CHECKPOINTS, evaluate_run
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
     for ckpt in (CHECKPOINTS if a.checkpoint == "both" else (a.checkpoint,)):
         s = evaluate_run(a.run, ckpt, a.device, save_predictions=not a.no_predictions, limit=a.limit)
         per = ", ".join(f"{n} {100 * s['per_class'][str(i + 1)]['dice']['mean']:.1f}"
@@ -50,6 +61,18 @@ def _evaluate(a: argparse.Namespace) -> None:
                   if "train_seconds" in s else "")
         print(f"{ckpt} (iteration {s['iteration']}): mean Dice {100 * s['mean']['dice']['mean']:.2f} "
               f"[{per}] on {s['n_test_cases']} test cases{timing} -> {a.run}/eval/{ckpt}/")
+
+
+def _phantom(a: argparse.Namespace) -> None:
+    from .data.phantoms import write_phantom
+    summary = write_phantom(a.dataset, a.out, n_cases=a.cases, size=tuple(a.size) if a.size else None,
+                            seed=a.seed)
+    print(f"{a.dataset} phantom -> {a.out}/raw and {a.out}/splits: {summary}")
+
+
+def _report(a: argparse.Namespace) -> None:
+    from .report import run
+    run(a)
 
 
 def _config(a: argparse.Namespace) -> None:
@@ -61,6 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.specs import DATASETS
     p = argparse.ArgumentParser(prog="crossmatch", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("check-data", help="verify raw files against a manifest (optionally download)",
+                       description="Check every file of a manifest (tab-separated relative path, "
+                                   "size, sha256; config/manifests/) under --raw: size first, "
+                                   "sha256 when the size matches. With --download --url, fetch "
+                                   "missing or corrupt files (resumable, verified before use).")
+    s.add_argument("--dataset", required=True, help="dataset name for messages and hints, e.g. acdc, la")
+    s.add_argument("--raw", required=True, help="raw data folder the manifest paths are relative to")
+    s.add_argument("--manifest", required=True, help="manifest TSV, e.g. config/manifests/la_uamt_h5.tsv")
+    s.add_argument("--download", action="store_true", help="download missing or corrupt files from --url")
+    s.add_argument("--url", help="base URL; a file is fetched from <url>/<relative path, percent-encoded>")
+    s.add_argument("--allow-missing", action="store_true",
+                   help="absent files only warn (a subset copy); corrupt files still fail")
+    s.add_argument("--stamp", help="write a JSON stamp (counts, manifest sha256) on success")
+    s.set_defaults(func=_check_data)
 
     s = sub.add_parser("preprocess", help="validate raw data and write the preprocessed root",
                        description="Read the raw dataset, validate every case (readable, label range), "
@@ -75,7 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="preprocessed root, e.g. results/data/acdc")
     s.add_argument("--missing-cases", choices=("error", "subset"),
                    help="cases named in the split lists but absent: fail (default) or skip them")
+    s.add_argument("--split-dir", help="folder of split lists laid out as config/splits/<dataset> "
+                   "(default: the shipped standard lists)")
     s.set_defaults(func=_preprocess)
+
+    s = sub.add_parser("phantom", help="write a small synthetic dataset in a real dataset's raw layout",
+                       description="Write a synthetic stand-in (acdc: 2D cardiac-like; la: 3D "
+                                   "atrium-like) to OUT/raw in the dataset's raw format, with split "
+                                   "lists in OUT/splits; feed it to `crossmatch preprocess "
+                                   "--raw OUT/raw --split-dir OUT/splits`.")
+    s.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--cases", type=int, default=None, help="number of cases (patients for acdc)")
+    s.add_argument("--size", type=int, nargs="+", default=None, help="image size (2 or 3 numbers)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_phantom)
 
     s = sub.add_parser("train", help="train one experiment (resumes automatically)",
                        description="Train one experiment into --out. Re-running the same command "
@@ -98,7 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--no-predictions", action="store_true", help="do not save predicted label maps")
     s.add_argument("--limit", type=int, default=0, help="evaluate the first N test cases only (0: all)")
+    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("report", help="paper tables and figures from evaluated runs (grid.json)",
+                       description="Tables (Markdown, LaTeX, CSV) and figures (PNG, PDF, caption "
+                                   "TXT) of the workflow's grid.json.")
+    from .report import configure_parser
+    configure_parser(s)
+    s.set_defaults(func=_report)
 
     s = sub.add_parser("config", help="print every config key with its default")
     s.set_defaults(func=_config)

@@ -17,7 +17,7 @@ from .data.specs import get_spec
 from .data.splits import MISSING_POLICIES, SPLIT_ROLES
 from .errors import ConfigError
 from .methods import get_method
-from .models import DROPOUT_TYPES
+from .models import DROPOUT_TYPES, UPSAMPLE_MODES
 
 # key: (default, help). None as default means "from the dataset spec".
 DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
@@ -30,11 +30,15 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "missing_cases": ("error", "cases named in a list but absent: error | subset (drop them)"),
         "splits": ({}, "optional list files replacing the standard ones, by role: "
                        "labeled, unlabeled, val, test, train (the full training list)"),
+        "split_dir": ("", "folder of split lists laid out as config/splits/<name> "
+                          "(empty: the shipped standard lists)"),
     },
     "model": {
         "dropout_type": ("dropout", "feature perturbation: dropout | alpha | feature_alpha"),
         "fp_gap": (0.5, "weak/strong feature dropout p = 0.5 -/+ gap/2"),
         "stack_streams": (True, "decode perturbed streams in one stacked batch (false: loop)"),
+        "upsample": ("transpose", "2D UNet decoder upsampling: transpose (ConvTranspose2d, as SSL4MIS/"
+                                  "UniMatch/CrossMatch) | bilinear (1x1 conv + bilinear; runs without this key)"),
     },
     "train": {
         "iterations": (30000, "training iterations"),
@@ -162,6 +166,8 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     if cfg["model"]["dropout_type"] not in DROPOUT_TYPES:
         raise ConfigError(f"model.dropout_type must be one of {DROPOUT_TYPES}, "
                           f"got {cfg['model']['dropout_type']!r}")
+    if cfg["model"]["upsample"] not in UPSAMPLE_MODES:
+        raise ConfigError(f"model.upsample must be one of {UPSAMPLE_MODES}, got {cfg['model']['upsample']!r}")
     if spec.dim == 3:  # the sliding window is the training crop
         e, crop = cfg["eval"], t["crop"]
         e["stride"] = list(e["stride"] or [min(s, c) for s, c in zip(spec.eval_stride, crop)])

@@ -151,7 +151,8 @@ def _resume_conflict(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 def splits_for(cfg: dict[str, Any]) -> Splits:
     """The experiment's splits (one place decides them for training and evaluation)."""
     d = cfg["dataset"]
-    return resolve_splits(get_spec(d["name"]), d["root"], d["labeled"], d["missing_cases"], d["splits"])
+    return resolve_splits(get_spec(d["name"]), d["root"], d["labeled"], d["missing_cases"], d["splits"],
+                          d.get("split_dir") or None)
 
 
 def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = None) -> Path:

@@ -55,3 +55,25 @@ def test_dropout_rates_and_bad_type():
     assert model.perturb.weak.p == 0.25 and model.perturb.strong.p == 0.75
     with pytest.raises(ValueError, match="dropout_type"):
         build_model(2, 1, 4, dropout_type="bogus")
+
+
+@pytest.mark.parametrize("upsample", ["transpose", "bilinear"])
+def test_unet_upsampling_modes(upsample):
+    model = build_model(2, 1, 4, upsample=upsample)
+    x = torch.randn(4, 1, 32, 48)
+    assert model(x).shape == (4, 4, 32, 48)
+    has_transpose = any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules())
+    assert has_transpose == (upsample == "transpose")
+    # the references' UNet (bilinear: False): 1,944,324 parameters for 1 -> 4 classes
+    n = sum(p.numel() for p in model.parameters())
+    assert n == (1944324 if upsample == "transpose" else 1813764)
+    with pytest.raises(ValueError, match="upsample"):
+        build_model(2, 1, 4, upsample="nearest")
+
+
+def test_config_default_upsampling_is_the_references():
+    from crossmatch import config
+    from crossmatch.errors import ConfigError
+    assert config.load(None)["model"]["upsample"] == "transpose"
+    with pytest.raises(ConfigError, match="model.upsample"):
+        config.load(None, ["model.upsample=nearest"])

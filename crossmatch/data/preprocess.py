@@ -28,12 +28,14 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def listed_cases(spec: DatasetSpec) -> tuple[list[str], set[str]]:
-    """All volume ids named by the dataset's lists, and those used for training."""
+def listed_cases(spec: DatasetSpec, split_dir: Path | None = None) -> tuple[list[str], set[str]]:
+    """All volume ids named by the dataset's lists (in ``split_dir``, default
+    the shipped ones), and those used for training."""
+    split_dir = split_dir or spec.split_dir
     train = {volume_of(c) if spec.dim == 2 else c
-             for c in read_list(spec.split_dir / spec.lists["train"])}
-    other = set(read_list(spec.split_dir / spec.lists["val"])) | set(
-        read_list(spec.split_dir / spec.lists["test"]))
+             for c in read_list(split_dir / spec.lists["train"])}
+    other = set(read_list(split_dir / spec.lists["val"])) | set(
+        read_list(split_dir / spec.lists["test"]))
     return sorted(train | other), train
 
 
@@ -53,7 +55,8 @@ def la_h5_source(raw: Path, case: str) -> Path:
 SOURCES: dict[str, Callable[[Path, str], Path]] = {"acdc": acdc_h5_source, "la": la_h5_source}
 
 
-def preprocess(dataset: str, raw: str | Path, out: str | Path, missing: str = "error") -> dict:
+def preprocess(dataset: str, raw: str | Path, out: str | Path, missing: str = "error",
+               split_dir: str | Path | None = None) -> dict:
     """Validate and convert ``raw`` into the preprocessed root ``out``.
 
     2D datasets also get one h5 per axial slice of every training volume
@@ -67,7 +70,7 @@ def preprocess(dataset: str, raw: str | Path, out: str | Path, missing: str = "e
     if not raw.is_dir():
         raise DataError(f"{dataset}: raw data folder {raw} does not exist; see README 'Data' "
                         "for where to get the dataset and where to put it")
-    cases, train = listed_cases(spec)
+    cases, train = listed_cases(spec, Path(split_dir) if split_dir else None)
     source = SOURCES[dataset]
     absent = [c for c in cases if not source(raw, c).is_file()]
     if absent and missing == "error":

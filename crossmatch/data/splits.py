@@ -75,12 +75,15 @@ def missing_cases_message(spec: DatasetSpec, missing: list[str], total: int, whe
 
 
 def resolve_splits(spec: DatasetSpec, root: str | Path, labeled: int | str,
-                   missing: str = "error", overrides: dict[str, str] | None = None) -> Splits:
+                   missing: str = "error", overrides: dict[str, str] | None = None,
+                   split_dir: str | Path | None = None) -> Splits:
     """Resolve the lists of one experiment against the preprocessed ``root``.
 
     ``labeled`` is a labeled count of ``spec.labeled_counts`` or ``"all"``
     (fully supervised: every training case labeled). ``overrides`` maps a role
-    (labeled, unlabeled, val, test) to another list file. Validation cases
+    (labeled, unlabeled, val, test) to another list file; ``split_dir``
+    replaces the shipped folder of lists (same file names, e.g. the
+    synthetic phantoms' lists). Validation cases
     are removed from the unlabeled pool. With ``missing="subset"`` absent
     cases are dropped (and, if no validation case is left, validation is
     carved from the present unlabeled cases, with a note); with ``"error"``
@@ -89,6 +92,7 @@ def resolve_splits(spec: DatasetSpec, root: str | Path, labeled: int | str,
     if missing not in MISSING_POLICIES:
         raise ValueError(f"missing_cases must be one of {MISSING_POLICIES}, got {missing!r}")
     root, overrides = Path(root), overrides or {}
+    split_dir = Path(split_dir) if split_dir else spec.split_dir
     if labeled != "all" and int(labeled) not in spec.labeled_counts and "labeled" not in overrides:
         raise DataError(f"{spec.name}: no split lists for {labeled} labeled cases; "
                         f"choose one of {list(spec.labeled_counts)} or 'all'")
@@ -96,7 +100,7 @@ def resolve_splits(spec: DatasetSpec, root: str | Path, labeled: int | str,
     def lst(role: str) -> list[str]:
         if role in overrides:
             return read_list(overrides[role])
-        return read_list(spec.split_dir / spec.lists[role].format(n=labeled))
+        return read_list(split_dir / spec.lists[role].format(n=labeled))
 
     if labeled == "all":
         lab, unl = lst("train"), []

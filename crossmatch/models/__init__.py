@@ -4,18 +4,26 @@ from __future__ import annotations
 from torch import nn
 
 from .perturb import DROPOUT_TYPES, FeatureDropout
-from .unet2d import UNet2d
+from .unet2d import UPSAMPLE_MODES, UNet2d
 from .vnet3d import VNet3d
 
-__all__ = ["DROPOUT_TYPES", "FeatureDropout", "UNet2d", "VNet3d", "build_model"]
+__all__ = ["DROPOUT_TYPES", "FeatureDropout", "UPSAMPLE_MODES", "UNet2d", "VNet3d", "build_model"]
 
 
 def build_model(dim: int, in_channels: int, n_classes: int, dropout_type: str = "dropout",
-                fp_gap: float = 0.5, stack_streams: bool = True) -> nn.Module:
-    """The network of a ``dim``-D dataset (2 -> UNet, 3 -> V-Net)."""
+                fp_gap: float = 0.5, stack_streams: bool = True,
+                upsample: str = "bilinear") -> nn.Module:
+    """The network of a ``dim``-D dataset (2 -> UNet, 3 -> V-Net).
+
+    ``upsample`` is the 2D UNet's decoder upsampling (the V-Net always uses
+    transposed convolutions). Its default here is ``bilinear`` only so that
+    run configs written before the option existed (no ``model.upsample``
+    key) rebuild the network they trained; new configs get the reference
+    ``transpose`` from ``crossmatch.config``.
+    """
     fp = dict(dropout_type=dropout_type, fp_gap=fp_gap, stack_streams=stack_streams)
     if dim == 2:
-        return UNet2d(in_channels, n_classes, **fp)
+        return UNet2d(in_channels, n_classes, upsample=upsample, **fp)
     if dim == 3:
         return VNet3d(in_channels, n_classes, **fp)
     raise ValueError(f"dim must be 2 or 3, got {dim}")

@@ -1,0 +1,161 @@
+"""The experiment grid of the workflow: the workflow config -> experiments and tables.
+
+One function, ``expand``, turns the workflow config (``config/*.yaml``,
+checked by ``workflow/schemas/config.schema.yaml``) into
+
+- experiments: every run, keyed by its experiment id
+  (``crossmatch.config.experiment_id``: the path spells the settings), each
+  with the raw experiment config the ``crossmatch train`` command receives;
+  a run shared by several tables (the default-setting run of an ablation is
+  also a comparison cell) exists once;
+- tables: the comparison table of each dataset (method rows x labeled-count
+  columns) and one table per ablation (variant rows), each cell listing the
+  run ids of its seeds.
+
+Snakemake (``workflow/rules/common.smk``) and the report read the same
+expansion (``grid.json``), so a table can never name a run the workflow
+did not train. Every experiment config is resolved here, so a bad value
+fails when the workflow starts, naming the config key, before any job runs.
+"""
+from __future__ import annotations
+
+import copy
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import config as xconfig
+from .errors import ConfigError
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _dotted(settings: dict[str, Any], where: str) -> dict[str, Any]:
+    """``{"method.tau": 0.8}`` -> ``{"method": {"tau": 0.8}}``."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        section, sep, sub = key.partition(".")
+        if not sep or "." in sub:
+            raise ConfigError(f"{where}: setting {key!r} must be section.key (e.g. method.tau)")
+        out.setdefault(section, {})[sub] = value
+    return out
+
+
+def dataset_paths(wf: dict[str, Any], name: str) -> dict[str, str]:
+    """Where the workflow keeps one dataset: raw input, split lists, preprocessed root."""
+    d, results = wf["datasets"][name], wf["results"]
+    if d["source"] == "phantom":
+        base = f"{results}/phantoms/{name}"
+        return {"raw": f"{base}/raw", "split_dir": f"{base}/splits", "root": f"{results}/data/{name}"}
+    raw = d.get("raw") or "{data_root}/" + name.upper()
+    if "{data_root}" in raw:
+        if not wf.get("data_root"):
+            raise ConfigError(f"datasets.{name}.raw is {raw!r}: set data_root, e.g. "
+                              "--config data_root=../shared/data")
+        raw = raw.replace("{data_root}", str(wf["data_root"]).rstrip("/"))
+    return {"raw": raw, "split_dir": "", "root": f"{results}/data/{name}"}
+
+
+def _experiment(wf: dict[str, Any], dataset: str, method: str, labeled: Any, seed: int,
+                settings: dict[str, Any], where: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    d = wf["datasets"][dataset]
+    paths = dataset_paths(wf, dataset)
+    raw = _merge(d.get("experiment") or {}, _dotted(settings, where))
+    raw = _merge(raw, {
+        "dataset": {"name": dataset, "root": paths["root"], "raw": paths["raw"],
+                    "split_dir": paths["split_dir"], "labeled": labeled,
+                    "missing_cases": d.get("missing_cases", "error")},
+        "method": {"name": method},
+        "train": {"seed": seed},
+    })
+    try:
+        cfg = xconfig.resolve(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return xconfig.experiment_id(cfg), raw, cfg
+
+
+def expand(wf: dict[str, Any]) -> dict[str, Any]:
+    """The workflow config -> ``{"experiments": {id: ...}, "tables": [...], ...}``."""
+    experiments: dict[str, dict[str, Any]] = {}
+    tables: list[dict[str, Any]] = []
+    seeds = list(wf["seeds"])
+
+    def add(dataset: str, method: str, labeled: Any, settings: dict[str, Any], where: str) -> list[str]:
+        ids = []
+        for seed in seeds:
+            eid, raw, cfg = _experiment(wf, dataset, method, labeled, seed, settings, where)
+            if eid in experiments and experiments[eid]["config"] != cfg:
+                raise ConfigError(f"{where}: experiment {eid} is declared twice with different "
+                                  "settings that the id does not spell (e.g. a train.* key); "
+                                  "give the ablation the same schedule as the comparison")
+            experiments[eid] = {"dataset": dataset, "method": method, "labeled": cfg["dataset"]["labeled"],
+                                "seed": seed, "raw": experiments.get(eid, {}).get("raw", raw),
+                                "config": cfg, "iterations": cfg["train"]["iterations"],
+                                "dim": 3 if len(cfg["train"]["crop"]) == 3 else 2}
+            ids.append(eid)
+        return ids
+
+    for dataset, d in wf["datasets"].items():
+        if dataset not in wf.get("comparison", {}).get("datasets", list(wf["datasets"])):
+            continue
+        rows = []
+        for method in wf["comparison"]["methods"]:
+            where = f"comparison: {dataset}/{method}"
+            m_labeled = ["all"] if _labels_all(method) else d["labeled"]
+            cells = {str(n): add(dataset, method, n, {}, where) for n in m_labeled}
+            rows.append({"label": method, "method": method, "cells": cells})
+        tables.append({"name": f"comparison_{dataset}", "kind": "comparison", "dataset": dataset,
+                       "labeled": [str(n) for n in d["labeled"]], "rows": rows})
+
+    for name, ab in (wf.get("ablations") or {}).items():
+        if ab["dataset"] not in wf["datasets"]:
+            raise ConfigError(f"ablations.{name}.dataset: {ab['dataset']!r} is not under datasets "
+                              f"(declared: {sorted(wf['datasets'])})")
+        rows = []
+        for i, v in enumerate(ab["variants"]):
+            where = f"ablations.{name}.variants[{i}] ({v['label']})"
+            ids = add(ab["dataset"], v.get("method", ab.get("method", "crossmatch")), ab["labeled"],
+                      v.get("set") or {}, where)
+            rows.append({"label": str(v["label"]), "x": v.get("x"), "cells": {str(ab["labeled"]): ids}})
+        tables.append({"name": f"ablation_{name}", "kind": "ablation", "dataset": ab["dataset"],
+                       "labeled": [str(ab["labeled"])], "title": ab.get("title", name),
+                       "plot": ab.get("plot", "bars"), "xlabel": ab.get("xlabel", name), "rows": rows})
+    synthetic = {n: d["source"] == "phantom" for n, d in wf["datasets"].items()}
+    return {"results": wf["results"], "seeds": seeds, "synthetic": synthetic,
+            "reported": wf.get("reported", ""), "experiments": experiments, "tables": tables}
+
+
+def _labels_all(method: str) -> bool:
+    from .methods import get_method
+    try:
+        return get_method(method).labels_all
+    except ValueError as e:
+        raise ConfigError(f"comparison.methods: {e}") from None
+
+
+def train_args(raw: dict[str, Any]) -> str:
+    """The experiment config as ``--set section.key=value`` arguments (shell-quoted):
+    the train command in a job's log is one a user can paste."""
+    out = []
+    for section, keys in raw.items():
+        for key, value in keys.items():
+            text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+            text = text.removesuffix("\n...").strip()
+            out.append(f"--set {shlex.quote(f'{section}.{key}={text}')}")
+    return " ".join(out)
+
+
+def load_grid(path: str | Path) -> dict[str, Any]:
+    import json
+    return json.loads(Path(path).read_text())

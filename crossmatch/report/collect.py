@@ -1,0 +1,185 @@
+"""Reading what the workflow wrote: grid tables, run summaries, logs, reported values.
+
+Everything the report shows comes from ``grid.json`` (``crossmatch.grid.expand``)
+and the run folders ``<grid.results>/runs/<experiment id>/`` (``log.csv``,
+``eval/<checkpoint>/summary.json``, ``metrics_per_case.csv`` and
+``predictions/<case>.h5``, written by ``crossmatch.evaluate``). A missing
+file is a ``DataError`` naming the run and the command that produces it.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+
+CHECKPOINTS = ("best", "final")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One table column: a ``summary.json`` metric key, how it is shown, which way is better."""
+    key: str
+    label: str
+    unit: str
+    scale: float
+    higher_better: bool
+    reported_key: str     # column of the reported-results CSV holding the same metric
+
+
+METRICS_VOX = (
+    Metric("dice", "Dice (%)", "%", 100.0, True, "dice"),
+    Metric("jaccard", "Jaccard (%)", "%", 100.0, True, "jaccard"),
+    Metric("hd95_vox", "95HD (vox)", "voxel", 1.0, False, "hd95"),
+    Metric("asd_vox", "ASD (vox)", "voxel", 1.0, False, "asd"),
+)
+METRICS_MM = (
+    Metric("hd95_mm", "95HD (mm)", "mm", 1.0, False, "hd95"),
+    Metric("asd_mm", "ASD (mm)", "mm", 1.0, False, "asd"),
+)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample std (ddof=1; None for one seed) of the per-run means over seeds."""
+    mean: float | None
+    std: float | None
+    n: int
+
+
+def find_table(grid: dict[str, Any], name: str) -> dict[str, Any]:
+    for t in grid["tables"]:
+        if t["name"] == name:
+            return t
+    raise DataError(f"no table {name!r} in the grid; tables: {[t['name'] for t in grid['tables']]}")
+
+
+def comparison_table(grid: dict[str, Any], dataset: str) -> dict[str, Any]:
+    for t in grid["tables"]:
+        if t["kind"] == "comparison" and t["dataset"] == dataset:
+            return t
+    raise DataError(f"no comparison table for dataset {dataset!r} in the grid; comparison datasets: "
+                    f"{[t['dataset'] for t in grid['tables'] if t['kind'] == 'comparison']}")
+
+
+def is_synthetic(grid: dict[str, Any], dataset: str) -> bool:
+    return bool(grid.get("synthetic", {}).get(dataset, False))
+
+
+def is_upper_bound(row: dict[str, Any]) -> bool:
+    """A fully supervised upper bound: its method class has ``labels_all``."""
+    method = row.get("method")
+    if not method:
+        return False
+    from ..methods import get_method
+    try:
+        return bool(get_method(method).labels_all)
+    except ValueError:  # a method this checkout does not know: fall back on the grid's cell key
+        return list(row["cells"]) == ["all"]
+
+
+def first_cell(table: dict[str, Any], row: dict[str, Any]) -> tuple[str, list[str]]:
+    """The row's cell of the first labeled count it has (the upper bound's is ``all``)."""
+    for n in table["labeled"]:
+        if n in row["cells"]:
+            return n, row["cells"][n]
+    n = next(iter(row["cells"]))
+    return n, row["cells"][n]
+
+
+def run_dir(grid: dict[str, Any], rid: str) -> Path:
+    return Path(grid["results"]) / "runs" / rid
+
+
+def _evaluate_hint(grid: dict[str, Any], rid: str, checkpoint: str) -> str:
+    return (f"produce it with `crossmatch evaluate --run {run_dir(grid, rid)} --checkpoint {checkpoint}` "
+            "(or let the workflow run the evaluation: `snakemake --cores 2 all_tables`)")
+
+
+def eval_dir(grid: dict[str, Any], rid: str, checkpoint: str) -> Path:
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
+    return run_dir(grid, rid) / "eval" / checkpoint
+
+
+def load_summary(grid: dict[str, Any], rid: str, checkpoint: str) -> dict[str, Any]:
+    path = eval_dir(grid, rid, checkpoint) / "summary.json"
+    if not path.is_file():
+        raise DataError(f"run {rid}: {path} not found; {_evaluate_hint(grid, rid, checkpoint)}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise DataError(f"run {rid}: {path} is not valid JSON ({e}); {_evaluate_hint(grid, rid, checkpoint)}")
+
+
+def summary_mean(summary: dict[str, Any], key: str) -> float | None:
+    """The run's mean over test cases and foreground classes, None when not computed."""
+    value = summary.get("mean", {}).get(key, {}).get("mean")
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def aggregate(values: list[float | None], scale: float = 1.0) -> Stat:
+    """Mean and sample std over seeds; None unless every seed has the value."""
+    if not values or any(v is None for v in values):
+        return Stat(None, None, len(values))
+    arr = np.asarray(values, dtype=np.float64) * scale
+    std = float(arr.std(ddof=1)) if arr.size > 1 else None
+    return Stat(float(arr.mean()), std, int(arr.size))
+
+
+def per_case_dice(grid: dict[str, Any], rid: str, checkpoint: str) -> dict[str, float]:
+    """Case id -> mean Dice over foreground classes, from ``metrics_per_case.csv``."""
+    path = eval_dir(grid, rid, checkpoint) / "metrics_per_case.csv"
+    if not path.is_file():
+        raise DataError(f"run {rid}: {path} not found; {_evaluate_hint(grid, rid, checkpoint)}")
+    scores: dict[str, list[float]] = {}
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            scores.setdefault(r["case"], []).append(float(r["dice"]))
+    return {case: float(np.mean(v)) for case, v in scores.items()}
+
+
+def prediction_path(grid: dict[str, Any], rid: str, checkpoint: str, case: str) -> Path:
+    path = eval_dir(grid, rid, checkpoint) / "predictions" / f"{case}.h5"
+    if not path.is_file():
+        raise DataError(f"run {rid}: {path} not found; {_evaluate_hint(grid, rid, checkpoint)} "
+                        "without --no-predictions")
+    return path
+
+
+def read_log(grid: dict[str, Any], rid: str) -> dict[str, np.ndarray]:
+    """``log.csv`` as columns of floats (blank cells -> NaN)."""
+    path = run_dir(grid, rid) / "log.csv"
+    if not path.is_file():
+        raise DataError(f"run {rid}: {path} not found; produce it with `crossmatch train --out "
+                        f"{run_dir(grid, rid)} ...` (or the workflow: `snakemake --cores 2 all_tables`)")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise DataError(f"run {rid}: {path} has no rows; re-run `crossmatch train` to resume the run")
+
+    def num(text: str | None) -> float:
+        try:
+            return float(text) if text not in (None, "") else math.nan
+        except ValueError:
+            return math.nan
+
+    return {k: np.array([num(r.get(k)) for r in rows]) for k in rows[0]}
+
+
+def load_reported(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reported-results CSV (``grid["reported"]``; none when unset)."""
+    path = grid.get("reported") or ""
+    if not path:
+        return []
+    if not Path(path).is_file():
+        raise DataError(f"reported results {path} not found (grid['reported']); fix `reported:` "
+                        "in the workflow config or remove it")
+    with open(path, newline="") as f:
+        return [{k: (v or "").strip() for k, v in r.items()} for r in csv.DictReader(f)]

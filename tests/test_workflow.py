@@ -1,0 +1,161 @@
+"""The Snakemake workflow as a user runs it: lint, dry runs of every config,
+schema and grid errors, the data check's failure, and the default config end
+to end in a temporary working directory (then a partial re-run)."""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None and not (
+    Path(sys.executable).parent / "snakemake").exists(), reason="snakemake not installed "
+    "(pip install -e '.[workflow]')")
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the checkout's workflow with ``workdir`` as working directory."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def job_counts(out: str) -> Counter:
+    """The 'Job stats' table of a (dry) run -> {rule: count}."""
+    table = out.split("Job stats:", 1)[1]
+    return Counter({m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)})
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A working directory with the shipped config/ (results go below it)."""
+    (tmp_path / "config").symlink_to(REPO / "config")
+    return tmp_path
+
+
+def write_config(workdir: Path, cfg: dict) -> Path:
+    path = workdir / "test_config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def default_config() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def test_lint_passes(workdir: Path) -> None:
+    r = snakemake(workdir, "--lint")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_paper_grid_dry_run_counts_jobs_per_rule(workdir: Path) -> None:
+    r = snakemake(workdir, "-n", "all_tables", "--configfile", str(REPO / "config/paper.yaml"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    n = job_counts(r.stdout)
+    cfg = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    seeds = len(cfg["seeds"])
+    comparison = sum(len(d["labeled"]) * 2 + 1 for d in cfg["datasets"].values())  # sup, cm, full
+    # ablation variants equal to a default run share it: one run per distinct setting
+    ablation = 2 * ((5 - 1) + (7 - 1) + (3 - 1) + (2 - 1) + (3 - 1))
+    assert n["train"] == n["evaluate"] == seeds * (comparison + ablation) == 138
+    assert n["table"] == 2 + len(cfg["ablations"]) == 12
+    assert n["check_data"] == n["preprocess"] == 2
+    assert "phantom" not in n
+
+
+def test_real_config_dry_run(workdir: Path) -> None:
+    r = snakemake(workdir, "-n", "all", "--configfile", str(REPO / "config/real.yaml"),
+                  "--config", "data_root=../shared/data")
+    assert r.returncode == 0, r.stderr[-3000:]
+    n = job_counts(r.stdout)
+    assert n["train"] == 5 and n["check_data"] == 2 and "phantom" not in n
+
+
+def test_bad_config_rejected_by_schema(workdir: Path) -> None:
+    cfg = default_config()
+    cfg["seeds"] = ["zero"]
+    r = snakemake(workdir, "-n", "--configfile", str(write_config(workdir, cfg)))
+    assert r.returncode != 0
+    assert "'zero' is not of type 'integer'" in r.stdout + r.stderr, r.stdout[-2000:]
+    cfg = default_config()
+    cfg["datasets"]["acdc"]["sorce"] = "raw"
+    r = snakemake(workdir, "-n", "--configfile", str(write_config(workdir, cfg)))
+    assert r.returncode != 0 and "'sorce' was unexpected" in r.stdout + r.stderr, r.stdout[-2000:]
+
+
+def test_bad_experiment_setting_names_the_config_key(workdir: Path) -> None:
+    cfg = default_config()
+    cfg["ablations"]["tau"]["variants"][0]["set"] = {"method.tua": 0.8}
+    r = snakemake(workdir, "-n", "--configfile", str(write_config(workdir, cfg)))
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "ablations.tau.variants[0]" in out and "method.tua" in out, out[-2000:]
+
+
+def test_data_check_failure_names_missing_files_and_fix(workdir: Path) -> None:
+    empty = workdir / "nodata"
+    (empty / "ACDC").mkdir(parents=True)
+    (empty / "LA").mkdir()
+    r = snakemake(workdir, "--cores", "1", "results/real/data/acdc/check.json",
+                  "--configfile", str(REPO / "config/real.yaml"), "--config", f"data_root={empty}",
+                  timeout=300)
+    assert r.returncode != 0
+    err = r.stdout + r.stderr
+    assert "200" in err and "missing" in err and str(empty / "ACDC") in err, err[-3000:]
+    assert "download" in err and "github.com/AiEson/CrossMatch" in err
+    # nothing trained: the failure stops the workflow before any training job
+    assert not (workdir / "results/real/runs").exists()
+
+
+def read_md_rows(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.startswith("|")]
+
+
+def test_default_config_end_to_end_then_partial_rerun(workdir: Path) -> None:
+    r = snakemake(workdir, "--cores", "2", "all", timeout=1200)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    res = workdir / "results/synthetic"
+    grid = yaml.safe_load((res / "grid.json").read_text())
+    for table in grid["tables"]:
+        for ext in ("md", "tex", "csv"):
+            assert (res / "tables" / f"{table['name']}.{ext}").stat().st_size > 0
+    comp = (res / "tables/comparison_acdc.md").read_text()
+    for method in ("supervised", "crossmatch", "fully_supervised"):
+        assert method in comp
+    assert "SYNTHETIC" in comp.upper()
+    with open(res / "tables/ablation_tau.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["row"] for r in rows} == {"0.80", "0.95"}
+    for name in ("ablation_tau", "ablation_eta", "ablation_dropout_type", "ablation_strong_views",
+                 "ablation_loss_streams", "training_curves_acdc", "training_curves_la",
+                 "qualitative_acdc", "qualitative_la"):
+        for ext in ("png", "pdf"):
+            assert (res / "figures" / f"{name}.{ext}").stat().st_size > 1000, name
+    # learnable phantoms: trained models score well above chance
+    import json
+    for dataset, floor in (("acdc", 0.5), ("la", 0.5)):
+        exp = next(e for e, v in grid["experiments"].items()
+                   if v["dataset"] == dataset and v["method"] == "fully_supervised")
+        s = json.loads((res / "runs" / exp / "eval/best/summary.json").read_text())
+        assert s["mean"]["dice"]["mean"] > floor, (exp, s["mean"]["dice"])
+
+    # delete one run: a re-run rebuilds that branch only
+    exp = next(e for e, v in grid["experiments"].items() if "dropout_typealpha" in e)
+    shutil.rmtree(res / "runs" / exp)
+    r = snakemake(workdir, "--cores", "2", "-n", "all")
+    n = job_counts(r.stdout)
+    assert n["train"] == 1 and n["evaluate"] == 1, n
+    assert n["table"] == 1 and n["ablation_figure"] == 1 and "preprocess" not in n, n
+    r = snakemake(workdir, "--cores", "2", "all", timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    assert "Nothing to be done" in snakemake(workdir, "--cores", "1", "-n", "all").stdout

@@ -1,0 +1,149 @@
+# Config validation, the experiment grid, and every input function and
+# target builder the rules call. No model logic here: crossmatch/grid.py
+# expands the grid, the `crossmatch` CLI does the work.
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+sys.path.insert(0, str(Path(workflow.basedir)))  # a checkout without `pip install -e .`
+from crossmatch.errors import ConfigError  # noqa: E402
+from crossmatch import grid as xgrid  # noqa: E402
+
+try:
+    GRID = xgrid.expand(config)
+except ConfigError as e:
+    raise WorkflowError(f"invalid config: {e}") from None
+
+R = config["results"]
+# Jobs run the checkout's code (`python -m crossmatch`). With --use-conda the
+# job's environment (envs/*.yaml) brings the dependencies and its `python`;
+# otherwise jobs use the interpreter that runs Snakemake (the README's venv),
+# whatever PATH says.
+_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+# (shell.prefix is formatted like a shell command: literal braces are doubled)
+_ENV = f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+if not _CONDA:
+    _ENV += f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; "
+shell.prefix(f"set -euo pipefail; {_ENV}")
+EXPS = GRID["experiments"]
+DATASETS = list(config["datasets"])
+TABLES = {t["name"]: t for t in GRID["tables"]}
+COMPARISON_DATASETS = [t["dataset"] for t in GRID["tables"] if t["kind"] == "comparison"]
+ABLATIONS = [t["name"] for t in GRID["tables"] if t["kind"] == "ablation"]
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    exp=r"[a-z0-9_]+/[a-z0-9_]+/l[a-z0-9]+/[^/]+/s[0-9]+",
+    table="|".join(TABLES) or "none",
+    ckpt="final|best",
+
+
+def dataset_cfg(dataset):
+    return config["datasets"][dataset]
+
+
+def data_paths(dataset):
+    return xgrid.dataset_paths(config, dataset)
+
+
+def data_ready(wildcards):
+    """The preprocessed root's manifest: what every job on a dataset waits for."""
+    return f"{R}/data/{EXPS[wildcards.exp]['dataset']}/manifest.json"
+
+
+def raw_ready(wildcards):
+    """Phantoms are generated; real data is checked against its manifest first."""
+    if dataset_cfg(wildcards.dataset)["source"] == "phantom":
+        return f"{R}/phantoms/{wildcards.dataset}/phantom.json"
+    return f"{R}/data/{wildcards.dataset}/check.json"
+
+
+def check_args(wildcards):
+    d = dataset_cfg(wildcards.dataset)
+    if not d.get("manifest"):
+        raise WorkflowError(f"datasets.{wildcards.dataset}.manifest: needed for source: raw")
+    args = [f"--manifest {d['manifest']}"]
+    if d.get("download"):
+        if not d.get("url"):
+            raise WorkflowError(f"datasets.{wildcards.dataset}.download is true but no url is set")
+        args += ["--download", f"--url {d['url']}"]
+    if d.get("missing_cases") == "subset":
+        args.append("--allow-missing")
+    return " ".join(args)
+
+
+def phantom_args(wildcards):
+    p = dataset_cfg(wildcards.dataset).get("phantom") or {}
+    args = [f"--seed {p.get('seed', 0)}"]
+    if "cases" in p:
+        args.append(f"--cases {p['cases']}")
+    if "size" in p:
+        args.append(f"--size {' '.join(map(str, p['size']))}")
+    return " ".join(args)
+
+
+def train_args(wildcards):
+    return xgrid.train_args(EXPS[wildcards.exp]["raw"])
+
+
+def job_resource(key, default):
+    """A resource of a job on one experiment, from datasets.<name>.resources."""
+    def get(wildcards, attempt=1):
+        res = dataset_cfg(EXPS[wildcards.exp]["dataset"]).get("resources") or {}
+        value = res.get(key, default)
+        # a retried job may have died of memory: give it more
+        return value * attempt if key == "mem_mb" else value
+    return get
+
+
+def job_threads(wildcards):
+    return (dataset_cfg(EXPS[wildcards.exp]["dataset"]).get("resources") or {}).get("threads", 4)
+
+
+def output_prefix(wildcards, output):
+    """A report job's outputs share one prefix (`.md/.tex/.csv`, `.png/.pdf/.txt`)."""
+    return os.path.splitext(output[0])[0]
+
+
+def run_dir(exp):
+    return f"{R}/runs/{exp}"
+
+
+def summaries(ids, ckpt="best"):
+    return [f"{R}/runs/{i}/eval/{ckpt}/summary.json" for i in ids]
+
+
+def table_runs(wildcards):
+    ids = [i for row in TABLES[wildcards.table]["rows"] for c in row["cells"].values() for i in c]
+    return [*summaries(ids, "best"), *summaries(ids, "final")]
+
+
+def dataset_runs(wildcards):
+    (table,) = [t for t in GRID["tables"] if t["kind"] == "comparison" and t["dataset"] == wildcards.dataset]
+    ids = [i for row in table["rows"] for c in row["cells"].values() for i in c]
+    return summaries(ids, "best")
+
+
+def all_tables():
+    return [f"{R}/tables/{name}.{ext}" for name in TABLES for ext in ("md", "tex", "csv")]
+
+
+def ablation_figures():
+    return [f"{R}/figures/{name}.{ext}" for name in ABLATIONS for ext in ("png", "pdf")]
+
+
+def all_figures():
+    per_dataset = [f"{R}/figures/{kind}_{d}.{ext}" for d in COMPARISON_DATASETS
+                   for kind in ("training_curves", "qualitative") for ext in ("png", "pdf")]
+    return [*ablation_figures(), *per_dataset]

@@ -1,0 +1,55 @@
+# Raw data: synthetic phantoms are generated; real datasets are checked
+# against a manifest (sizes, sha256; optional resumable download) before
+# anything trains. Then the real preprocessing writes the training root.
+
+
+rule phantom:
+    output:
+        f"{R}/phantoms/{{dataset}}/phantom.json",
+    log:
+        f"{R}/logs/phantom/{{dataset}}.log",
+    params:
+        args=phantom_args,
+        out=lambda wc: f"{R}/phantoms/{wc.dataset}",
+    conda:
+        "../../envs/crossmatch-cpu.yaml"
+    shell:
+        "python -m crossmatch phantom --dataset {wildcards.dataset} --out {params.out} "
+        "{params.args} > {log} 2>&1"
+
+
+rule check_data:
+    output:
+        f"{R}/data/{{dataset}}/check.json",
+    log:
+        f"{R}/logs/check_data/{{dataset}}.log",
+    params:
+        raw=lambda wc: data_paths(wc.dataset)["raw"],
+        args=check_args,
+    conda:
+        "../../envs/crossmatch-cpu.yaml"
+    shell:
+        "python -m crossmatch check-data --dataset {wildcards.dataset} --raw {params.raw:q} {params.args} "
+        "--stamp {output} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+
+
+rule preprocess:
+    input:
+        raw_ready,
+    output:
+        f"{R}/data/{{dataset}}/manifest.json",
+    log:
+        f"{R}/logs/preprocess/{{dataset}}.log",
+    params:
+        raw=lambda wc: data_paths(wc.dataset)["raw"],
+        split_dir=lambda wc: data_paths(wc.dataset)["split_dir"],
+        missing=lambda wc: dataset_cfg(wc.dataset).get("missing_cases", "error"),
+        root=lambda wc: data_paths(wc.dataset)["root"],
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/crossmatch-cpu.yaml"
+    shell:
+        "python -m crossmatch preprocess --dataset {wildcards.dataset} --raw {params.raw:q} "
+        "--out {params.root} --missing-cases {params.missing} "
+        "--split-dir {params.split_dir:q} > {log} 2>&1 || (tail -n 20 {log} >&2; exit 1)"

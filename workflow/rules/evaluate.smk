@@ -1,0 +1,28 @@
+# Test-set evaluation of the final and the best-on-validation checkpoint:
+# per-case metrics, summary.json and saved predictions (for the figures).
+
+
+rule evaluate:
+    input:
+        f"{R}/runs/{{exp}}/checkpoints/final.pt",
+    output:
+        final=f"{R}/runs/{{exp}}/eval/final/summary.json",
+        best=f"{R}/runs/{{exp}}/eval/best/summary.json",
+        final_cases=f"{R}/runs/{{exp}}/eval/final/metrics_per_case.csv",
+        best_cases=f"{R}/runs/{{exp}}/eval/best/metrics_per_case.csv",
+    log:
+        f"{R}/logs/evaluate/{{exp}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{exp}}.tsv"
+    params:
+        run=lambda wc: run_dir(wc.exp),
+    threads: job_threads
+    resources:
+        gpu=job_resource("gpu", 1),
+        mem_mb=job_resource("mem_mb", 16000),
+        runtime=60,
+    conda:
+        "../../envs/crossmatch-cuda.yaml"
+    shell:
+        "python -m crossmatch evaluate --run {params.run} --checkpoint both --threads {threads} > {log} 2>&1 "
+        "|| (tail -n 20 {log} >&2; exit 1)"

@@ -1,0 +1,97 @@
+# The paper's tables and figures, from the evaluated runs of grid.json.
+
+
+rule grid:
+    output:
+        f"{R}/grid.json",
+    log:
+        f"{R}/logs/report/grid.log",
+    params:
+        # the expansion itself: a changed grid re-runs this rule and the report
+        grid=json.dumps(GRID, sort_keys=True),
+    localrule: True
+    run:
+        from crossmatch.io import write_text
+
+        write_text(output[0], params.grid)
+        write_text(log[0], f"{len(GRID['experiments'])} experiments, {len(GRID['tables'])} tables\n")
+
+
+rule table:
+    input:
+        grid=f"{R}/grid.json",
+        runs=table_runs,
+    output:
+        md=report(f"{R}/tables/{{table}}.md", caption="../report/table.rst", category="Tables"),
+        tex=f"{R}/tables/{{table}}.tex",
+        csv=f"{R}/tables/{{table}}.csv",
+    log:
+        f"{R}/logs/report/{{table}}.log",
+    params:
+        prefix=output_prefix,
+    conda:
+        "../../envs/crossmatch-cpu.yaml"
+    shell:
+        "python -m crossmatch report table --grid {input.grid} --name {wildcards.table} "
+        "--out {params.prefix} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+
+
+rule ablation_figure:
+    input:
+        grid=f"{R}/grid.json",
+        runs=table_runs,
+    output:
+        png=report(f"{R}/figures/{{table}}.png", caption="../report/figure.rst", category="Ablations"),
+        pdf=f"{R}/figures/{{table}}.pdf",
+        caption=f"{R}/figures/{{table}}.txt",
+    log:
+        f"{R}/logs/report/figure_{{table}}.log",
+    params:
+        prefix=output_prefix,
+    conda:
+        "../../envs/crossmatch-cpu.yaml"
+    shell:
+        "python -m crossmatch report figure --grid {input.grid} --name {wildcards.table} "
+        "--out {params.prefix} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+
+
+rule training_curves:
+    input:
+        grid=f"{R}/grid.json",
+        runs=dataset_runs,
+    output:
+        png=report(f"{R}/figures/training_curves_{{dataset}}.png", caption="../report/figure.rst",
+                   category="Training curves"),
+        pdf=f"{R}/figures/training_curves_{{dataset}}.pdf",
+        caption=f"{R}/figures/training_curves_{{dataset}}.txt",
+    log:
+        f"{R}/logs/report/training_curves_{{dataset}}.log",
+    params:
+        prefix=output_prefix,
+    conda:
+        "../../envs/crossmatch-cpu.yaml"
+    shell:
+        "python -m crossmatch report curves --grid {input.grid} --dataset {wildcards.dataset} "
+        "--out {params.prefix} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+
+
+rule qualitative:
+    input:
+        grid=f"{R}/grid.json",
+        runs=dataset_runs,
+    output:
+        png=report(f"{R}/figures/qualitative_{{dataset}}.png", caption="../report/figure.rst",
+                   category="Qualitative"),
+        pdf=f"{R}/figures/qualitative_{{dataset}}.pdf",
+        caption=f"{R}/figures/qualitative_{{dataset}}.txt",
+    log:
+        f"{R}/logs/report/qualitative_{{dataset}}.log",
+    params:
+        prefix=output_prefix,
+        cases=config.get("figures", {}).get("qualitative_cases", 3),
+    conda:
+        "../../envs/crossmatch-cpu.yaml"
+    shell:
+        "python -m crossmatch report qualitative --grid {input.grid} --dataset {wildcards.dataset} "
+        "--cases {params.cases} --out {params.prefix} > {log} 2>&1 "
+        "|| (cat {log} >&2; exit 1)"
