@@ -149,6 +149,11 @@ def test_default_config_end_to_end_then_partial_rerun(workdir: Path) -> None:
         s = json.loads((res / "runs" / exp / "eval/best/summary.json").read_text())
         assert s["mean"]["dice"]["mean"] > floor, (exp, s["mean"]["dice"])
 
+    r = snakemake(workdir, "--report", "report.html")
+    assert r.returncode == 0, r.stderr[-2000:]
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert "comparison_acdc" in html and "ablation_tau" in html
+
     # delete one run: a re-run rebuilds that branch only
     exp = next(e for e, v in grid["experiments"].items() if "dropout_typealpha" in e)
     shutil.rmtree(res / "runs" / exp)

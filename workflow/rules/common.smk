@@ -135,12 +135,19 @@ def dataset_runs(wildcards):
     return summaries(ids, "best")
 
 
+def all_runs():
+    """Every evaluated run: targets too, so a deleted run folder is rebuilt
+    (Snakemake does not regenerate a missing intermediate file on its own
+    while the tables made from it exist), and its tables with it."""
+    return [*summaries(EXPS, "best"), *summaries(EXPS, "final")]
+
+
 def all_tables():
-    return [f"{R}/tables/{name}.{ext}" for name in TABLES for ext in ("md", "tex", "csv")]
+    return [*all_runs(), *(f"{R}/tables/{name}.{ext}" for name in TABLES for ext in ("md", "tex", "csv"))]
 
 
 def ablation_figures():
-    return [f"{R}/figures/{name}.{ext}" for name in ABLATIONS for ext in ("png", "pdf")]
+    return [*all_runs(), *(f"{R}/figures/{name}.{ext}" for name in ABLATIONS for ext in ("png", "pdf"))]
 
 
 def all_figures():
