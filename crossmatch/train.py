@@ -13,12 +13,20 @@ checkpoints and resume. Run layout (``run_dir``):
 A re-run of the same command resumes from ``latest.pt``; batch ``t`` and its
 augmentations are a function of (seed, t), and the RNG states are restored,
 so the resumed run ends with the same weights as an uninterrupted one.
+
+Test hook (fault injection, never set in normal use): with the environment
+variable ``CROSSMATCH_FAIL_ONCE=<marker path>`` set and no file at that path,
+the trainer creates the marker right after its first ``latest.pt`` and exits
+with status 1, as a crashed job would; once the marker exists the variable
+has no effect, so a retried or re-run job resumes and completes
+(tests/test_faults.py uses it to check Snakemake's ``retries``).
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -148,6 +156,25 @@ def _resume_conflict(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     return None
 
 
+FAIL_ONCE_ENV = "CROSSMATCH_FAIL_ONCE"
+
+
+def _fail_once(exp: str, iteration: int) -> None:
+    """The fault-injection test hook (module docstring): fail the first job
+    that checkpoints while ``$CROSSMATCH_FAIL_ONCE`` names an absent file."""
+    marker = os.environ.get(FAIL_ONCE_ENV)
+    if not marker:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # one job fails, even in parallel
+    except FileExistsError:
+        return
+    os.write(fd, f"{exp} {iteration}\n".encode())
+    os.close(fd)
+    raise SystemExit(f"{FAIL_ONCE_ENV}: injected failure of {exp} after the checkpoint at iteration "
+                     f"{iteration} (test hook)")
+
+
 def splits_for(cfg: dict[str, Any]) -> Splits:
     """The experiment's splits (one place decides them for training and evaluation)."""
     d = cfg["dataset"]
@@ -170,6 +197,8 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
     # check data before any long work: list files, presence, subset policy
     method_cls = get_method(cfg["method"]["name"])
     splits = splits_for(cfg)
+    for stale in ckpt_dir.glob(".*.tmp"):  # a save interrupted by a kill (crossmatch.io.atomic_path)
+        stale.unlink()
     latest = ckpt_dir / "latest.pt"
     state = torch.load(latest, map_location="cpu", weights_only=False) if latest.is_file() else None
     if state is not None and "config" in state:
@@ -234,36 +263,39 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
     model.train()
     bar = tqdm(total=t["iterations"], initial=start, desc=exp, unit="it", dynamic_ncols=True)
     tic = time.perf_counter()
-    for it, batch in zip(range(start, stop), loader):
-        lr = poly_lr(cfg, it)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        gen.manual_seed(t["seed"] * 1_000_003 + it)
-        optimizer.zero_grad(set_to_none=True)
-        ctx = StepContext(iteration=it, device=device, gen=gen, backward=backward, autocast=autocast)
-        values = method.training_step(batch, ctx)
-        scaler.step(optimizer)
-        scaler.update()
-        done = it + 1
-        row = {"iteration": done, "lr": lr, **values, "seconds": elapsed + time.perf_counter() - tic}
-        if t["val_every"] and (done % t["val_every"] == 0 or done == t["iterations"]):
-            score = validate(model, spec, cfg, splits.val, device)
-            row["val_dice"] = score
-            if score > best[0]:
-                best = (score, done)
-                save_checkpoint(ckpt_dir / "best.pt", model=model.state_dict(), iteration=done,
-                                val_dice=score, experiment=exp)
-            model.train()
-        log.add(row)
-        bar.set_postfix(loss=f"{values['loss']:.3f}", best=f"{best[0]:.3f}", refresh=False)
-        bar.update()
-        if done % t["log_every"] == 0:
-            log.flush()
-        if done % t["ckpt_every"] == 0 or done == stop:
-            log.flush()
-            save_latest(done)
-    bar.close()
+    try:  # close the bar on an error too, so the error message gets its own line
+        for it, batch in zip(range(start, stop), loader):
+            lr = poly_lr(cfg, it)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            gen.manual_seed(t["seed"] * 1_000_003 + it)
+            optimizer.zero_grad(set_to_none=True)
+            ctx = StepContext(iteration=it, device=device, gen=gen, backward=backward, autocast=autocast)
+            values = method.training_step(batch, ctx)
+            scaler.step(optimizer)
+            scaler.update()
+            done = it + 1
+            row = {"iteration": done, "lr": lr, **values, "seconds": elapsed + time.perf_counter() - tic}
+            if t["val_every"] and (done % t["val_every"] == 0 or done == t["iterations"]):
+                score = validate(model, spec, cfg, splits.val, device)
+                row["val_dice"] = score
+                if score > best[0]:
+                    best = (score, done)
+                    save_checkpoint(ckpt_dir / "best.pt", model=model.state_dict(), iteration=done,
+                                    val_dice=score, experiment=exp)
+                model.train()
+            log.add(row)
+            bar.set_postfix(loss=f"{values['loss']:.3f}", best=f"{best[0]:.3f}", refresh=False)
+            bar.update()
+            if done % t["log_every"] == 0:
+                log.flush()
+            if done % t["ckpt_every"] == 0 or done == stop:
+                log.flush()
+                save_latest(done)
+                _fail_once(exp, done)
+    finally:
+        bar.close()
     log.flush()
     if stop < t["iterations"]:
         return latest
