@@ -6,7 +6,7 @@ checkpoints and resume. Run layout (``run_dir``):
 
   config.yaml              resolved config (with the experiment id and notes)
   log.csv                  one row per iteration: lr, every loss term, mask ratio, val score
-  checkpoints/latest.pt    resumable state (weights, optimiser, scaler, RNG, iteration)
+  checkpoints/latest.pt    resumable state (weights, method extras, optimiser, scaler, RNG, iteration)
   checkpoints/best.pt      weights with the best validation Dice so far
   checkpoints/final.pt     weights after the last iteration (written last: the run is done)
 
@@ -217,7 +217,8 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
     model = make_model(cfg, spec).to(device)
     hp = {k: v for k, v in cfg["method"].items() if k != "name"}
     method = method_cls(model, spec, hp)
-    optimizer = make_optimizer(cfg, model.parameters())
+    method.extra.to(device)
+    optimizer = make_optimizer(cfg, method.parameters())
     use_amp = bool(t["amp"]) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -225,6 +226,7 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
     if state is not None:
         # loaded on the CPU: RNG states must stay there; weights and moments follow the model
         model.load_state_dict(state["model"])
+        method.extra.load_state_dict(state.get("method", {}))
         optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:  # empty when the run started without AMP
             scaler.load_state_dict(state["scaler"])
@@ -255,12 +257,12 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
         scaler.scale(loss).backward()
 
     def save_latest(iteration: int) -> None:
-        save_checkpoint(latest, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                        scaler=scaler.state_dict(), rng=_rng_state(), iteration=iteration,
+        save_checkpoint(latest, model=model.state_dict(), method=method.extra.state_dict(),
+                        optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=_rng_state(), iteration=iteration,
                         best=list(best), experiment=exp, elapsed=elapsed + time.perf_counter() - tic,
                         config=cfg)
 
-    model.train()
+    method.train()
     bar = tqdm(total=t["iterations"], initial=start, desc=exp, unit="it", dynamic_ncols=True)
     tic = time.perf_counter()
     try:  # close the bar on an error too, so the error message gets its own line
@@ -275,6 +277,7 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
             values = method.training_step(batch, ctx)
             scaler.step(optimizer)
             scaler.update()
+            method.after_step(ctx)
             done = it + 1
             row = {"iteration": done, "lr": lr, **values, "seconds": elapsed + time.perf_counter() - tic}
             if t["val_every"] and (done % t["val_every"] == 0 or done == t["iterations"]):
@@ -284,7 +287,7 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
                     best = (score, done)
                     save_checkpoint(ckpt_dir / "best.pt", model=model.state_dict(), iteration=done,
                                     val_dice=score, experiment=exp)
-                model.train()
+                method.train()
             log.add(row)
             bar.set_postfix(loss=f"{values['loss']:.3f}", best=f"{best[0]:.3f}", refresh=False)
             bar.update()

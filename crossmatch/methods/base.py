@@ -4,6 +4,12 @@ A method is one class in one file: it declares its hyperparameters with
 defaults (``defaults``, optionally overridden per dataset in
 ``dataset_defaults``) and implements ``training_step``. The shared trainer
 (``crossmatch.train``) owns everything else.
+
+Modules a method needs besides the segmentation network (extra heads, an
+EMA teacher) go in ``self.extra``: the trainer moves them to the device,
+optimises their trainable parameters with the network's, and saves and
+restores them with the resumable checkpoint. Only the network itself is
+evaluated and kept in ``best.pt`` / ``final.pt``.
 """
 from __future__ import annotations
 
@@ -58,6 +64,18 @@ class Method:
 
     def __init__(self, model: nn.Module, spec: DatasetSpec, hp: dict[str, Any]):
         self.model, self.spec, self.hp = model, spec, hp
+        self.extra = nn.ModuleDict()
+
+    def parameters(self) -> list[nn.Parameter]:
+        """What the optimiser updates: the network and the trainable extras."""
+        return list(self.model.parameters()) + [p for p in self.extra.parameters() if p.requires_grad]
+
+    def train(self) -> None:
+        self.model.train()
+        self.extra.train()
+
+    def after_step(self, ctx: "StepContext") -> None:
+        """Called after each optimiser step (e.g. to update an EMA teacher)."""
 
     @classmethod
     def hyperparameters(cls, dataset: str, given: dict[str, Any]) -> dict[str, Any]:

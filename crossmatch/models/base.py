@@ -19,6 +19,9 @@ class EncoderDecoder(nn.Module):
     once, and decodes ``[a; b; weak_drop(b); strong_drop(b)]`` in one decoder
     call; it returns the four logit tensors ``(pred_a, pred_b, pred_b_weak,
     pred_b_strong)``. ``split=0`` perturbs the whole batch (``pred_a`` empty).
+    ``forward(x, features=True)`` returns ``(logits, stages)``: the decoder's
+    stage outputs, deepest first; the last one is what the output conv sees
+    (the other methods' extra heads and feature losses use them).
     """
 
     encoder: nn.Module
@@ -30,10 +33,13 @@ class EncoderDecoder(nn.Module):
         self.perturb = FeaturePerturbation(dropout_type, fp_gap)
         self.stack_streams = stack_streams
 
-    def forward(self, x: torch.Tensor, need_fp: bool = False, split: int | None = None):
+    def forward(self, x: torch.Tensor, need_fp: bool = False, split: int | None = None,
+                features: bool = False):
         feats = self.encoder(x)
+        if features and need_fp:
+            raise ValueError("features=True and need_fp=True cannot be combined")
         if not need_fp:
-            return self.decoder(feats)
+            return self.decoder(feats, return_features=features)
         n = x.shape[0]
         split = n // 2 if split is None else split
         if not 0 <= split <= n:

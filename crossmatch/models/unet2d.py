@@ -75,11 +75,12 @@ class Decoder2d(nn.Module):
                                  for i in range(len(ft) - 1, 0, -1))
         self.out = nn.Conv2d(ft[0], n_classes, 3, padding=1)
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        x = feats[-1]
+    def forward(self, feats: list[torch.Tensor], return_features: bool = False):
+        x, stages = feats[-1], []
         for up, skip in zip(self.ups, reversed(feats[:-1])):
             x = up(x, skip)
-        return self.out(x)
+            stages.append(x)
+        return (self.out(x), stages) if return_features else self.out(x)
 
 
 class UNet2d(EncoderDecoder):

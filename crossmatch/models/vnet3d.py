@@ -53,11 +53,12 @@ class Decoder3d(nn.Module):
                                      conv_stack(2, 2 * nf, 2 * nf), conv_stack(1, nf, nf)])
         self.out = nn.Conv3d(nf, n_classes, 1)
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        x = feats[-1]
+    def forward(self, feats: list[torch.Tensor], return_features: bool = False):
+        x, stages = feats[-1], []
         for upsample, block, skip in zip(self.ups, self.blocks, reversed(feats[:-1])):
             x = block(upsample(x) + skip)  # V-Net sums the skip, UNet concatenates it
-        return self.out(x)
+            stages.append(x)
+        return (self.out(x), stages) if return_features else self.out(x)
 
 
 class VNet3d(EncoderDecoder):
