@@ -233,6 +233,8 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
         _set_rng_state(state["rng"])
         start, best = state["iteration"], tuple(state["best"])
         elapsed = state.get("elapsed", 0.0)  # training seconds before the interruption
+        if start < t["iterations"]:
+            print(f"{exp}: resuming from iteration {start} ({latest})", flush=True)
     if start >= t["iterations"] and (ckpt_dir / "final.pt").is_file():
         return ckpt_dir / "final.pt"
     log = CsvLog(run_dir / "log.csv", start)

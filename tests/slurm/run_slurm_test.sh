@@ -5,11 +5,17 @@
 #   2. writes /etc/slurm/slurm.conf and gres.conf (one node, two fake GPUs)
 #      and starts munged, slurmctld and slurmd with their own ports, munge
 #      socket, spool, pid and log files in one temp dir;
-#   3. runs the default config with one seed through the SLURM profile;
+#   3. runs the default config with one seed through the SLURM profile
+#      (with requeue on, as the profile sets it);
 #   4. checks with `scontrol show job` that every training and evaluation job
 #      was submitted with a GPU request (TresPerJob=gres:gpu:1) and held a GPU
 #      while it ran (JOB_GRES=gpu:1, sampled every 2 s), CPU jobs neither;
-#   5. runs the same config locally and compares the tables byte for byte.
+#   5. while it runs, cancels one training job with `scancel` after its first
+#      checkpoint (Snakemake retries it) and preempts another (an exclusive
+#      job in a higher-tier partition; SLURM requeues it); checks that both
+#      resumed from their checkpoint;
+#   6. runs the same config locally and compares the tables byte for byte:
+#      the interrupted jobs end with the same metrics as uninterrupted ones.
 # Every daemon it started is stopped by the PID in its pid file on exit,
 # failure or interrupt; the temp dir and the two config files are removed.
 # The config must be at the default /etc/slurm path: the plugin's job step
@@ -31,6 +37,7 @@ MARK="# written by crossmatch tests/slurm/run_slurm_test.sh"
 WROTE_CONF=0
 PIDFILES=()   # daemons started, in start order
 SAMPLER=""    # background loop recording which jobs hold a GPU
+INJECTOR=""   # background loop cancelling and preempting training jobs
 
 log() { echo "[slurm-test $(date +%T)] $*"; }
 fail() { echo "SLURM TEST FAILED: $*" >&2; exit 1; }
@@ -54,6 +61,7 @@ cleanup() {
     trap - EXIT INT TERM
     set +e
     [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null
+    [ -n "$INJECTOR" ] && kill "$INJECTOR" 2>/dev/null
     if [ -n "$T" ] && [ -s "$T/slurmctld.pid" ] && alive "$(cat "$T/slurmctld.pid")"; then
         # our test cluster only: cancel what is left, let the steps end
         timeout 10 squeue -h -o %i 2>/dev/null | xargs -r timeout 10 scancel 2>/dev/null
@@ -132,7 +140,11 @@ MinJobAge=3600
 MailProg=/bin/true
 GresTypes=gpu
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM Gres=gpu:2 State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+# preemption: a job in "urgent" requeues the "debug" jobs it needs room for
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=urgent Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=off
 CONF
 # two fake GPUs (any existing file will do; without File= the node is INVAL)
 cat > "$GRES" <<CONF
@@ -155,7 +167,7 @@ while [ "$SECONDS" -lt "$deadline" ]; do
     for f in slurmctld slurmd; do
         if [ -s "$T/$f.pid" ] && ! alive "$(cat "$T/$f.pid")"; then fail "$f exited at start (log below)"; fi
     done
-    state=$(timeout 5 sinfo -h -N -o %t 2>/dev/null || true)
+    state=$(timeout 5 sinfo -h -N -o %t 2>/dev/null | sort -u || true)
     [ "$state" = idle ] && break
     sleep 0.5
 done
@@ -164,11 +176,14 @@ log "node idle: $(scontrol show node localhost | grep -o 'Gres=[^ ]*')"
 
 # --- the workflow through the SLURM profile --------------------------------------
 # one seed keeps it short; --config seeds=[0] would give the string '0'
-# (Snakemake parses --config values with YAML's BaseLoader), hence a file
+# (Snakemake parses --config values with YAML's BaseLoader), hence a file.
+# ckpt_every does not change results (tables are compared with a local run).
 "$PYTHON" - "$REPO/config/config.yaml" "$T/seed0.yaml" <<'PY'
 import sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1]))
 cfg["seeds"] = [0]
+for d in cfg["datasets"].values():  # frequent checkpoints: room to kill a job between two
+    d["experiment"]["train"]["ckpt_every"] = 5
 yaml.safe_dump(cfg, open(sys.argv[2], "w"), sort_keys=False, allow_unicode=True)
 PY
 smk() {  # smk WORKDIR TIMEOUT ARGS...: the checkout's workflow in WORKDIR
@@ -192,32 +207,82 @@ while :; do
     sleep 2
 done &
 SAMPLER=$!
-start=$SECONDS
+RUNS="$T/slurm/results/synthetic/runs"
+running_train_job() {  # running_train_job EXP: SLURM id of its running train job
+    local c="rule_train_wildcards_${1//\//_}"  # the plugin's --comment, / -> _
+    timeout 10 squeue -h -t RUNNING -o '%i %k' 2>/dev/null | awk -v c="$c" '$2 == c {print $1; exit}'
+}
+inject_faults() {
+    # Two faults while the workflow runs, each on a training job that has
+    # written a checkpoint and not its final weights: `scancel` (Snakemake
+    # sees it fail and retries it) and preemption by an exclusive job in the
+    # higher-tier partition (SLURM requeues it). Both must resume from their
+    # checkpoint. SLURM delays a requeued job's start by ~2 min: start it now.
+    local latest d exp jid cancelled="" preempted="" i
+    while [ -z "$preempted" ]; do
+        for latest in $(find "$RUNS" -path '*/checkpoints/latest.pt' 2>/dev/null | sort); do
+            d=${latest%/checkpoints/latest.pt}
+            exp=${d#"$RUNS"/}
+            [ -e "$d/checkpoints/final.pt" ] || [ "$exp" = "$cancelled" ] && continue
+            jid=$(running_train_job "$exp")
+            [ -n "$jid" ] || continue
+            if [ -z "$cancelled" ]; then
+                timeout 10 scancel "$jid" && cancelled=$exp && echo "$jid $exp" > "$T/cancelled.txt"
+                log "fault: scancel $jid ($exp, checkpoint at iteration $(latest_iteration "$latest"))"
+            else
+                timeout 10 sbatch -Q -p urgent --exclusive -J preemptor -o /dev/null --wrap 'sleep 2' \
+                    || { echo "sbatch of the preempting job failed" >&2; return 1; }
+                preempted=$exp && echo "$jid $exp" > "$T/preempted.txt"
+                log "fault: preempting $jid ($exp, checkpoint at iteration $(latest_iteration "$latest"))"
+            fi
+            break
+        done
+        sleep 0.5
+    done
+    for i in $(seq 120); do  # release requeued jobs (the preempted one and any bystander)
+        timeout 10 squeue -h -t PENDING -o '%i %r' 2>/dev/null | awk '$2 == "BeginTime" {print $1}' \
+            | xargs -r -I{} timeout 10 scontrol update JobId={} StartTime=now
+        sleep 1
+    done
+}
+latest_iteration() {
+    "$PYTHON" -c 'import sys, torch; print(torch.load(sys.argv[1], weights_only=False)["iteration"])' "$1" \
+        2>/dev/null || echo "?"
+}
+inject_faults &
+INJECTOR=$!
+start=$SECONDS rc=0
+# in the foreground: a background job would ignore SIGINT, and so the timeout
 smk "$T/slurm" "$SLURM_TIMEOUT" all_tables --configfile "$T/seed0.yaml" \
     --profile "$REPO/workflow/profiles/slurm" \
     --slurm-status-command squeue --slurm-init-seconds-before-status-checks 2 \
-    --slurm-keep-successful-logs > "$T/slurm_run.log" 2>&1 || {
-    rc=$?
+    --slurm-keep-successful-logs > "$T/slurm_run.log" 2>&1 || rc=$?
+SLURM_S=$((SECONDS - start))
+kill "$SAMPLER" "$INJECTOR" 2>/dev/null; SAMPLER="" INJECTOR=""
+if [ "$rc" -ne 0 ]; then
     tail -n 60 "$T/slurm_run.log" >&2
     [ "$rc" -eq 124 ] && fail "SLURM run timed out after ${SLURM_TIMEOUT}s"
     fail "SLURM run failed (exit $rc); log above"
-}
-SLURM_S=$((SECONDS - start))
-kill "$SAMPLER" 2>/dev/null; SAMPLER=""
+fi
 log "SLURM run done in ${SLURM_S}s"
 grep -q "Using profiles\? .*workflow/profiles/slurm" "$T/slurm_run.log" || fail "the SLURM profile was not used"
 
 # --- GPU requests, as SLURM recorded them -------------------------------------------
 # one line per job; the plugin's --comment is rule_<rule>_wildcards_...
 scontrol show job -o > "$T/jobs.txt" || fail "scontrol show job failed"
-"$PYTHON" - "$T/jobs.txt" "$NTRAIN" "$T/gpu_held.txt" <<'PY' || fail "GPU request check failed (see above)"
+[ -s "$T/cancelled.txt" ] && [ -s "$T/preempted.txt" ] \
+    || fail "the fault injector found no running training job with a checkpoint to cancel and preempt"
+"$PYTHON" - "$T/jobs.txt" "$NTRAIN" "$T/gpu_held.txt" "$T/cancelled.txt" "$T/preempted.txt" \
+    "$T/slurm/results/synthetic/logs/train" <<'PY' || fail "SLURM job check failed (see above)"
 import re, sys
 from collections import Counter
 lines = [l for l in open(sys.argv[1]) if l.startswith("JobId=")]
 ntrain = int(sys.argv[2])
 held = set(open(sys.argv[3]).read().split())  # job ids seen running with JOB_GRES=gpu:1
+cancel_id, cancel_exp = open(sys.argv[4]).read().split()
+preempt_id, preempt_exp = open(sys.argv[5]).read().split()
 field = lambda l, k: (re.search(rf"\b{k}=(\S*)", l) or [None, ""])[1]
-errors, seen = [], Counter()
+errors, seen, train_jobs = [], Counter(), {}
 for l in lines:
     rule = re.match(r"rule_([a-z_]+?)(_wildcards_|$)", field(l, "Comment"))
     if not rule:
@@ -225,21 +290,39 @@ for l in lines:
     rule = rule[1]
     seen[rule] += 1
     jid, state = field(l, "JobId"), field(l, "JobState")
+    if rule == "train":
+        train_jobs.setdefault(field(l, "Comment"), []).append((int(jid), state, int(field(l, "Restarts") or 0)))
     req = field(l, "TresPerJob")  # gres:gpu:1 (SLURM 22.05) or gres/gpu:1 (later)
-    if state != "COMPLETED":
+    if state != "COMPLETED" and not (jid == cancel_id and state == "CANCELLED"):
         errors.append(f"job {jid} ({rule}) is {state}")
     gpu_req = re.search(r"gres[:/]gpu[:=]1$", req) is not None
     if rule in ("train", "evaluate") and not gpu_req:
         errors.append(f"job {jid} ({rule}): no GPU request (TresPerJob={req!r})")
-    elif rule in ("train", "evaluate") and jid not in held:
+    elif rule in ("train", "evaluate") and jid not in held and jid != cancel_id:
         errors.append(f"job {jid} ({rule}) requested {req} but was never seen holding a GPU")
     if rule not in ("train", "evaluate") and (req or jid in held):
         errors.append(f"CPU job {jid} ({rule}) has a GPU: TresPerJob={req!r}")
-if seen["train"] != ntrain or seen["evaluate"] != ntrain:
-    errors.append(f"expected {ntrain} train and evaluate jobs in SLURM, saw {dict(seen)}")
+# the cancelled job was retried by Snakemake (a new job); the preempted one requeued by SLURM (same job)
+if seen["train"] != ntrain + 1 or seen["evaluate"] != ntrain:
+    errors.append(f"expected {ntrain} + 1 (the retry) train and {ntrain} evaluate jobs, saw {dict(seen)}")
+comment = lambda exp: "rule_train_wildcards_" + exp.replace("/", "_")
+jobs = sorted(train_jobs.get(comment(cancel_exp), []))
+if [s for _, s, _ in jobs] != ["CANCELLED", "COMPLETED"]:
+    errors.append(f"{cancel_exp}: expected a cancelled job and its completed retry, saw {jobs}")
+jobs = train_jobs.get(comment(preempt_exp), [])
+if not (len(jobs) == 1 and jobs[0][1] == "COMPLETED" and jobs[0][2] >= 1):
+    errors.append(f"{preempt_exp}: expected one job, requeued (Restarts >= 1) and completed, saw {jobs}")
+for exp in (cancel_exp, preempt_exp):  # the trainer's resume message (crossmatch.train)
+    text = open(f"{sys.argv[6]}/{exp}.log").read()
+    m = re.search(r"resuming from iteration (\d+)", text)
+    if not m or int(m[1]) < 5:
+        errors.append(f"{exp}: its training log shows no resume from a checkpoint")
+    else:
+        print(f"  {exp}: resumed from iteration {m[1]}")
 for e in errors:
     print("  " + e, file=sys.stderr)
-print(f"  SLURM jobs per rule: {dict(seen)}; every train/evaluate job requested 1 GPU and held it, no other job did")
+print(f"  SLURM jobs per rule: {dict(seen)}; every train/evaluate job requested 1 GPU and held it, no other "
+      f"job did; job {cancel_id} was cancelled and retried, job {preempt_id} preempted and requeued")
 sys.exit(1 if errors else 0)
 PY
 
