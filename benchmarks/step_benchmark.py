@@ -7,6 +7,8 @@ Variants, all on the same network and the same labeled batch:
   crossmatch_one_backward  stacked streams, one backward of the total loss (the
                            reference code's memory pattern)
   crossmatch_looped        decoder called once per stream instead of stacked
+  semsim                   SemSim (2D datasets only), same batches
+  simcvd                   SimCVD (3D datasets only): labeled + unlabeled
 
 Each (variant, allocator setting) runs in a fresh process so that the peak
 resident memory (ru_maxrss) belongs to that variant alone. The step is the
@@ -40,6 +42,8 @@ VARIANTS = {
     "crossmatch": ({"name": "crossmatch"}, {}),
     "crossmatch_one_backward": ({"name": "crossmatch", "split_backward": False}, {}),
     "crossmatch_looped": ({"name": "crossmatch"}, {"stack_streams": False}),
+    "semsim": ({"name": "semsim"}, {}),
+    "simcvd": ({"name": "simcvd"}, {}),
 }
 # (environment, in-process tuning): glibc defaults; the environment setting
 # the reference was measured under (mmap off); our trainer's default
@@ -74,9 +78,10 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
     torch.manual_seed(0)
     model = make_model(cfg, spec).to(dev)
     method = get_method(cfg["method"]["name"])(model, spec, {k: v for k, v in cfg["method"].items() if k != "name"})
-    opt = make_optimizer(cfg, model.parameters())
+    method.extra.to(dev)
+    opt = make_optimizer(cfg, method.parameters())
     b, crop = shape["batch"], shape["crop"]
-    batch = {"x": torch.rand(b, 1, *crop, device=dev), "y": torch.randint(0, spec.n_classes, (b, *crop), device=dev),
+    batch = {"x": torch.rand(b, 1, *crop, device=dev), "y": _rings(b, crop, spec.n_classes).to(dev),
              "u": torch.rand(b, 1, *crop, device=dev), "u_mix": torch.rand(b, 1, *crop, device=dev)}
     use_amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -96,11 +101,12 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
         method.training_step(batch, ctx)
         scaler.step(opt)
         scaler.update()
+        method.after_step(ctx)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - tic)
-    out = {"dataset": dataset, "variant": variant, "batch": f"{b}+{b}+{b}" if variant != "supervised" else f"{b}",
+    out = {"dataset": dataset, "variant": variant, "batch": {"supervised": f"{b}", "simcvd": f"{b}+{b}"}.get(variant, f"{b}+{b}+{b}"),
            "crop": crop, "seconds_per_iter": statistics.median(times), "seconds_all": times,
            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
            "device": str(dev), "threads": threads}
@@ -108,6 +114,16 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
         out["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
         out["gpu"] = torch.cuda.get_device_name()
     return out
+
+
+def _rings(b: int, crop: list[int], n_classes: int):
+    """Concentric classes around the centre: a label with real boundaries
+    (SimCVD's signed distance map costs what it costs on anatomy)."""
+    import torch
+    grid = torch.meshgrid(*[torch.linspace(-1, 1, c) for c in crop], indexing="ij")
+    r = torch.sqrt(sum(g ** 2 for g in grid))
+    label = (n_classes - 1 - (r / 0.8 * (n_classes - 1)).floor()).clamp(min=0).long()
+    return label.expand(b, *crop).clone()
 
 
 def main() -> None:
@@ -129,8 +145,12 @@ def main() -> None:
         return
     import torch
     results = []
+    from crossmatch.data.specs import get_spec
+    from crossmatch.methods import get_method
+    dim = get_spec(a.dataset).dim
+    variants = [v for v in a.variants if dim in get_method(VARIANTS[v][0]["name"]).dims]
     for alloc in a.allocators:
-        for variant in a.variants:
+        for variant in variants:
             alloc_env, tune = ALLOCATORS[alloc]
             env = {**os.environ, **alloc_env, "PYTHONPATH": str(REPO)}
             cmd = [sys.executable, __file__, "--single", "--dataset", a.dataset, "--variants", variant,

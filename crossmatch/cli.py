@@ -1,4 +1,4 @@
-"""Command line: ``crossmatch check-data | preprocess | train | evaluate | config``.
+"""Command line: ``crossmatch check-data | preprocess | splits | phantom | train | evaluate | report | config``.
 
 Each sub-command is one call into the package; Snakemake rules call these
 and nothing else. Errors meant for the user (bad data, bad config, a
@@ -63,6 +63,15 @@ def _evaluate(a: argparse.Namespace) -> None:
               f"[{per}] on {s['n_test_cases']} test cases{timing} -> {a.run}/eval/{ckpt}/")
 
 
+def _splits(a: argparse.Namespace) -> None:
+    from .data.preprocess import write_split_lists
+    from .data.specs import get_spec
+    out = a.out or get_spec(a.dataset).split_dir
+    lists = write_split_lists(a.dataset, a.raw, out)
+    print(f"{a.dataset}: {len(lists)} split lists written to {out}: "
+          + ", ".join(f"{k} ({len(v)})" for k, v in lists.items()))
+
+
 def _phantom(a: argparse.Namespace) -> None:
     from .data.phantoms import write_phantom
     summary = write_phantom(a.dataset, a.out, n_cases=a.cases, size=tuple(a.size) if a.size else None,
@@ -109,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key (repeatable)")
     s.add_argument("--dataset", choices=sorted(DATASETS))
     s.add_argument("--raw", help="raw data folder (acdc: SSL4MIS h5 volumes; "
-                   "la: <CASE>/mri_norm2.h5)")
+                   "la: <CASE>/mri_norm2.h5; pancreas: images/PANCREAS_XXXX.nii.gz + "
+                   "labels/labelXXXX.nii.gz; isic: ISIC2018_Task1-2_Training_Input/ + "
+                   "ISIC2018_Task1_Training_GroundTruth/)")
     s.add_argument("--out", help="preprocessed root, e.g. results/data/acdc")
     s.add_argument("--missing-cases", choices=("error", "subset"),
                    help="cases named in the split lists but absent: fail (default) or skip them")
@@ -117,9 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the shipped standard lists)")
     s.set_defaults(func=_preprocess)
 
+    s = sub.add_parser("splits", help="generate the split lists of pancreas or isic (once)",
+                       description="Write the split lists of a dataset without community lists "
+                                   "from its recorded seed: pancreas from its 82 case ids, isic "
+                                   "from the 2594 image ids under --raw. The default --out is the "
+                                   "shipped folder config/splits/<dataset>.")
+    s.add_argument("--dataset", required=True, choices=("isic", "pancreas"))
+    s.add_argument("--raw", help="raw data folder (isic: the ids are read from it)")
+    s.add_argument("--out", help="output folder (default: config/splits/<dataset>)")
+    s.set_defaults(func=_splits)
+
     s = sub.add_parser("phantom", help="write a small synthetic dataset in a real dataset's raw layout",
                        description="Write a synthetic stand-in (acdc: 2D cardiac-like; la: 3D "
-                                   "atrium-like) to OUT/raw in the dataset's raw format, with split "
+                                   "atrium-like; pancreas: 3D CT-like NIfTI; isic: RGB "
+                                   "dermoscopy-like JPEG/PNG) to OUT/raw in the dataset's raw format, with split "
                                    "lists in OUT/splits; feed it to `crossmatch preprocess "
                                    "--raw OUT/raw --split-dir OUT/splits`.")
     s.add_argument("--dataset", required=True, choices=sorted(DATASETS))

@@ -22,11 +22,12 @@ from .models import DROPOUT_TYPES, UPSAMPLE_MODES
 # key: (default, help). None as default means "from the dataset spec".
 DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
     "dataset": {
-        "name": ("acdc", "dataset: acdc | la"),
+        "name": ("acdc", "dataset: acdc | la | pancreas | isic"),
         "raw": ("../shared/data/ACDC", "raw data folder read by `crossmatch preprocess`"),
         "root": ("results/data/acdc", "preprocessed root written by `crossmatch preprocess`"),
         "labeled": (3, "labeled count of the standard lists (acdc 1/3/7/14 patients, la 4/8/16 cases, "
-                       "default 8); fully_supervised uses all"),
+                       "default 8; pancreas 3/6/12 cases, default 6; isic 5/10/20 percent of the "
+                       "training images, default 10); fully_supervised uses all"),
         "missing_cases": ("error", "cases named in a list but absent: error | subset (drop them)"),
         "splits": ({}, "optional list files replacing the standard ones, by role: "
                        "labeled, unlabeled, val, test, train (the full training list)"),
@@ -75,6 +76,12 @@ DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "la": {"dataset": {"labeled": 8},
            "train": {"batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "iterations": 14000,
                      "poly_iterations": 17000}},
+    # no CrossMatch reference schedule for these: LA's (3D) and ACDC's (2D) recipes
+    "pancreas": {"dataset": {"labeled": 6},
+                 "train": {"batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "iterations": 14000,
+                           "poly_iterations": 17000}},
+    "isic": {"dataset": {"labeled": 10},
+             "train": {"batch_size": 12, "optimizer": "sgd", "lr": 0.01, "iterations": 30000}},
 }
 SECTIONS = (*DEFAULTS, "method")
 

@@ -34,12 +34,15 @@ CHECKPOINTS = ("final", "best")
 
 def predict_volume(model: torch.nn.Module, image: np.ndarray, spec: DatasetSpec, cfg: dict[str, Any],
                    device: torch.device, stride: list[int] | None = None) -> np.ndarray:
-    """Label map of one volume: 2D slice by slice at the training size, 3D by
-    sliding window (patch = training crop, stride = ``stride`` or the
-    configured test stride), softmax averaged over overlaps."""
+    """Label map of one case, shaped as its label: 2D slice by slice at the
+    training size (a single RGB image H x W x 3 is one slice), 3D by sliding
+    window (patch = training crop, stride = ``stride`` or the configured test
+    stride), softmax averaged over overlaps."""
     crop = tuple(cfg["train"]["crop"])
     if spec.dim == 2:
-        return predict_slices_2d(model, image, crop, spec.n_classes, device)
+        pred = predict_slices_2d(model, image, crop, spec.n_classes, device)
+        # channels (a trailing axis) are not part of the label's shape
+        return pred.reshape(image.shape[:-1] if spec.in_channels > 1 else image.shape)
     return sliding_window_3d(model, image, crop, tuple(stride or cfg["eval"]["stride"]),
                              spec.n_classes, device)
 

@@ -8,9 +8,10 @@ checked by ``workflow/schemas/config.schema.yaml``) into
   with the raw experiment config the ``crossmatch train`` command receives;
   a run shared by several tables (the default-setting run of an ablation is
   also a comparison cell) exists once;
-- tables: the comparison table of each dataset (method rows x labeled-count
-  columns) and one table per ablation (variant rows), each cell listing the
-  run ids of its seeds.
+- tables: the comparison table of each dataset (method rows, from
+  ``datasets.<name>.methods`` or else ``comparison.methods``, x
+  labeled-count columns) and one table per ablation (variant rows), each
+  cell listing the run ids of its seeds.
 
 Snakemake (``workflow/rules/common.smk``) and the report read the same
 expansion (``grid.json``), so a table can never name a run the workflow
@@ -110,7 +111,7 @@ def expand(wf: dict[str, Any]) -> dict[str, Any]:
         if dataset not in wf.get("comparison", {}).get("datasets", list(wf["datasets"])):
             continue
         rows = []
-        for method in wf["comparison"]["methods"]:
+        for method in d.get("methods") or wf["comparison"]["methods"]:
             where = f"comparison: {dataset}/{method}"
             m_labeled = ["all"] if _labels_all(method) else d["labeled"]
             cells = {str(n): add(dataset, method, n, {}, where) for n in m_labeled}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .data.augment import apply_cutmix
+
 
 def dice_loss(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
               smooth: float = 1e-5, from_class: int = 0) -> torch.Tensor:
@@ -36,6 +38,13 @@ def pseudo_label(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Confidence and hard label per pixel of detached probabilities."""
     conf, label = probs.detach().max(1)
     return conf, label
+
+
+def mixed_pseudo_label(probs: torch.Tensor, probs_mix: torch.Tensor,
+                       box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo-label of a CutMix view: the teacher's probabilities of the
+    unlabeled batch with those of the CutMix source pasted inside ``box``."""
+    return pseudo_label(apply_cutmix(probs, probs_mix, box))
 
 
 def masked_dice(logits: torch.Tensor, target: torch.Tensor, conf: torch.Tensor,

@@ -89,3 +89,21 @@ def la_root(tmp_path: Path) -> dict:
         (root / f"{role}.list").write_text("\n".join(entries) + "\n")
         splits[role] = str(root / f"{role}.list")
     return {"name": "la", "root": str(root), "labeled": 4, "splits": splits}
+
+
+@pytest.fixture(scope="session")
+def roots(tmp_path_factory):
+    """The real ACDC and LA (present subset) preprocessed once per session
+    through the CLI; the real-data tests of every method share them."""
+    import subprocess
+    import sys
+    needs_shared_data("ACDC")
+    needs_shared_data("LA")
+    out = tmp_path_factory.mktemp("data")
+    for args in (["--dataset", "acdc", "--raw", str(SHARED_DATA / "ACDC"), "--out", str(out / "acdc")],
+                 ["--dataset", "la", "--raw", str(SHARED_DATA / "LA"), "--out", str(out / "la"),
+                  "--missing-cases", "subset"]):
+        res = subprocess.run([sys.executable, "-m", "crossmatch", "preprocess", *args],
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+    return out

@@ -7,7 +7,6 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import SHARED_DATA, needs_shared_data
 
 pytestmark = pytest.mark.realdata
 
@@ -16,17 +15,6 @@ def cli(*args: str) -> str:
     res = subprocess.run([sys.executable, "-m", "crossmatch", *args], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout
-
-
-@pytest.fixture(scope="module")
-def roots(tmp_path_factory):
-    needs_shared_data("ACDC")
-    needs_shared_data("LA")
-    out = tmp_path_factory.mktemp("data")
-    cli("preprocess", "--dataset", "acdc", "--raw", str(SHARED_DATA / "ACDC"), "--out", str(out / "acdc"))
-    cli("preprocess", "--dataset", "la", "--raw", str(SHARED_DATA / "LA"), "--out", str(out / "la"),
-        "--missing-cases", "subset")
-    return out
 
 
 @pytest.mark.parametrize("method", ["crossmatch", "supervised"])

@@ -64,12 +64,15 @@ def test_paper_grid_dry_run_counts_jobs_per_rule(workdir: Path) -> None:
     n = job_counts(r.stdout)
     cfg = yaml.safe_load((REPO / "config/paper.yaml").read_text())
     seeds = len(cfg["seeds"])
-    comparison = sum(len(d["labeled"]) * 2 + 1 for d in cfg["datasets"].values())  # sup, cm, full
+    # per dataset: supervised, crossmatch and semsim (2D) or simcvd (3D) per labeled count + full
+    assert [d["methods"][2] for d in cfg["datasets"].values()] == ["semsim", "simcvd", "simcvd", "semsim"]
+    comparison = sum(len(d["labeled"]) * 3 + 1 for d in cfg["datasets"].values())
     # ablation variants equal to a default run share it: one run per distinct setting
     ablation = 2 * ((5 - 1) + (7 - 1) + (3 - 1) + (2 - 1) + (3 - 1))
-    assert n["train"] == n["evaluate"] == seeds * (comparison + ablation) == 138
-    assert n["table"] == 2 + len(cfg["ablations"]) == 12
-    assert n["check_data"] == n["preprocess"] == 2
+    assert n["train"] == n["evaluate"] == seeds * (comparison + ablation) == 219
+    assert n["table"] == 4 + len(cfg["ablations"]) == 14
+    # Pancreas-CT and ISIC have no manifest: preprocessing validates them itself
+    assert n["check_data"] == 2 and n["preprocess"] == 4
     assert "phantom" not in n
 
 
@@ -122,17 +125,21 @@ def read_md_rows(path: Path) -> list[str]:
 
 
 def test_default_config_end_to_end_then_partial_rerun(workdir: Path) -> None:
-    r = snakemake(workdir, "--cores", "2", "all", timeout=1200)
+    # the default config with one seed (the README's quick start runs both): every
+    # dataset, method, table and figure, in half the time
+    cf = ("--configfile", str(write_config(workdir, {**default_config(), "seeds": [0]})))
+    r = snakemake(workdir, "--cores", "2", "all", *cf, timeout=1200)
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
     res = workdir / "results/synthetic"
     grid = yaml.safe_load((res / "grid.json").read_text())
     for table in grid["tables"]:
         for ext in ("md", "tex", "csv"):
             assert (res / "tables" / f"{table['name']}.{ext}").stat().st_size > 0
-    comp = (res / "tables/comparison_acdc.md").read_text()
-    for method in ("supervised", "crossmatch", "fully_supervised"):
-        assert method in comp
-    assert "SYNTHETIC" in comp.upper()
+    for dataset, extra in (("acdc", "semsim"), ("la", "simcvd"), ("pancreas", "simcvd"), ("isic", "semsim")):
+        comp = (res / f"tables/comparison_{dataset}.md").read_text()
+        for method in ("supervised", "crossmatch", extra, "fully_supervised"):
+            assert method in comp, (dataset, method)
+        assert "SYNTHETIC" in comp.upper()
     with open(res / "tables/ablation_tau.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["row"] for r in rows} == {"0.80", "0.95"}
@@ -143,13 +150,13 @@ def test_default_config_end_to_end_then_partial_rerun(workdir: Path) -> None:
             assert (res / "figures" / f"{name}.{ext}").stat().st_size > 1000, name
     # learnable phantoms: trained models score well above chance
     import json
-    for dataset, floor in (("acdc", 0.5), ("la", 0.5)):
+    for dataset, floor in (("acdc", 0.5), ("la", 0.5), ("pancreas", 0.3), ("isic", 0.5)):
         exp = next(e for e, v in grid["experiments"].items()
                    if v["dataset"] == dataset and v["method"] == "fully_supervised")
         s = json.loads((res / "runs" / exp / "eval/best/summary.json").read_text())
         assert s["mean"]["dice"]["mean"] > floor, (exp, s["mean"]["dice"])
 
-    r = snakemake(workdir, "--report", "report.html")
+    r = snakemake(workdir, "--report", "report.html", *cf)
     assert r.returncode == 0, r.stderr[-2000:]
     html = (workdir / "report.html").read_text(errors="replace")
     assert "comparison_acdc" in html and "ablation_tau" in html
@@ -157,10 +164,10 @@ def test_default_config_end_to_end_then_partial_rerun(workdir: Path) -> None:
     # delete one run: a re-run rebuilds that branch only
     exp = next(e for e, v in grid["experiments"].items() if "dropout_typealpha" in e)
     shutil.rmtree(res / "runs" / exp)
-    r = snakemake(workdir, "--cores", "2", "-n", "all")
+    r = snakemake(workdir, "--cores", "2", "-n", "all", *cf)
     n = job_counts(r.stdout)
     assert n["train"] == 1 and n["evaluate"] == 1, n
     assert n["table"] == 1 and n["ablation_figure"] == 1 and "preprocess" not in n, n
-    r = snakemake(workdir, "--cores", "2", "all", timeout=600)
+    r = snakemake(workdir, "--cores", "2", "all", *cf, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
-    assert "Nothing to be done" in snakemake(workdir, "--cores", "1", "-n", "all").stdout
+    assert "Nothing to be done" in snakemake(workdir, "--cores", "1", "-n", "all", *cf).stdout

@@ -160,3 +160,20 @@ def apply_cutmix(a: torch.Tensor, b: torch.Tensor, box: torch.Tensor) -> torch.T
     if a.dim() == m.dim() + 1:
         m = m.unsqueeze(1)
     return torch.where(m, b, a)
+
+
+def strong_views(u: torch.Tensor, u_mix: torch.Tensor, gen: torch.Generator, views: int,
+                 clip: tuple[float, float] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The FixMatch/UniMatch strong views of the unlabeled batch ``u``: per
+    view, intensity jitter + blur of ``u`` and of the CutMix source batch
+    ``u_mix``, then a CutMix box pasting the source's own strong view.
+    Returns the views and their boxes (on ``u``'s device), in the order the
+    random numbers are drawn from ``gen``."""
+    n, spatial = u.shape[0], tuple(u.shape[2:])
+    strong, boxes = [], []
+    for _ in range(views):
+        s, s_mix = strong_intensity(u, gen, clip), strong_intensity(u_mix, gen, clip)
+        box = cutmix_boxes(n, spatial, gen).to(u.device)
+        strong.append(apply_cutmix(s, s_mix, box))
+        boxes.append(box)
+    return strong, boxes

@@ -2,12 +2,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
 
 from ..errors import DataError
 from ..io import atomic_path
+
+
+class RawCase(NamedTuple):
+    """A case in memory on its way to ``write_case``: arrays, voxel spacing
+    (None: unknown) and what preprocessing wants recorded in the manifest."""
+    image: np.ndarray
+    label: np.ndarray
+    spacing: tuple[float, ...] | None
+    info: dict[str, Any]
 
 
 def read_case(path: str | Path, n_classes: int, need_label: bool = True

@@ -22,6 +22,18 @@ is a pure function of ``seed``; every file is written atomically.
 - ``la`` (3D, UA-MT layout ``raw/<CASE>/mri_norm2.h5``): a bright, smoothly
   deformed atrium-like blob with appendages (1), a less bright tube beside it
   (a distractor, label 0). ``image`` float32 z-scored, ``label`` uint8.
+- ``pancreas`` (3D, NIH Pancreas-CT NIfTI layout ``raw/images/PANCREAS_XXXX.nii.gz``
+  + ``raw/labels/labelXXXX.nii.gz``): int16 HU volumes with an LPS-style
+  affine (so preprocessing must reorient) and anisotropic 0.8 x 0.8 x 2.5 mm
+  voxels: air, a body of fat and soft tissue, a spine (bone, clipped away),
+  aorta and kidneys (bright distractors, label 0) and a curved, tapering
+  pancreas (1) of moderate contrast. The default 80 x 72 x 24 voxels become
+  64 x 58 x 60 at 1 mm (then cropped around the pancreas).
+- ``isic`` (2D RGB, ISIC 2018 Task 1 layout ``raw/ISIC2018_Task1-2_Training_Input/
+  ISIC_<id>.jpg`` + ``raw/ISIC2018_Task1_Training_GroundTruth/ISIC_<id>_segmentation.png``):
+  skin-toned JPEGs of about 80 x 100 pixels (sizes vary per image) with a
+  brown, irregular lesion (mask 255), dark hair strokes and vignetting
+  (distractors), masks 0/255 8-bit PNG.
 """
 from __future__ import annotations
 
@@ -30,13 +42,17 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 from ..io import atomic_path, write_json, write_text
+from . import isic, pancreas
 from .specs import DatasetSpec, get_spec
+from .splits import write_lists
 
-DEFAULT_CASES = {"acdc": 12, "la": 14}          # patients (acdc) / cases (la)
-DEFAULT_SIZE = {"acdc": (6, 64, 64), "la": (48, 48, 40)}
+DEFAULT_CASES = {"acdc": 12, "la": 14, "pancreas": 10, "isic": 20}  # patients (acdc) / cases / images
+DEFAULT_SIZE = {"acdc": (6, 64, 64), "la": (48, 48, 40), "pancreas": (80, 72, 24), "isic": (80, 100)}
+PANCREAS_SPACING = (0.8, 0.8, 2.5)  # mm: thin in-plane pixels, thick slices, as in the real CTs
 GZIP = dict(compression="gzip", compression_opts=4)  # as the distributed files
 
 
@@ -225,7 +241,114 @@ def _write_la(spec: DatasetSpec, out: Path, n_cases: int, size: tuple[int, ...],
             "cases": {"train": train, "val": val, "test": test}, "labeled_counts": counts}
 
 
-WRITERS = {"acdc": _write_acdc, "la": _write_la}
+# ---------------------------------------------------------- Pancreas-CT (3D)
+def pancreas_volume(rng: np.random.Generator, size: tuple[int, int, int],
+                    spacing: tuple[float, float, float] = PANCREAS_SPACING) -> tuple[np.ndarray, np.ndarray]:
+    """One abdomen-like CT volume in the raw voxel grid: int16 HU and uint8 label {0, 1}."""
+    ext = np.array(size) * spacing                                         # mm
+    x, y, z = np.meshgrid(*[(np.arange(n) + 0.5) * s for n, s in zip(size, spacing)], indexing="ij")
+    c = ext / 2 + rng.uniform(-0.05, 0.05, 3) * ext
+    body = ((x - c[0]) / (0.46 * ext[0])) ** 2 + ((y - c[1]) / (0.44 * ext[1])) ** 2 < 1
+    inner = ((x - c[0]) / (0.40 * ext[0])) ** 2 + ((y - c[1]) / (0.38 * ext[1])) ** 2 < 1
+    hu = np.full(size, -1000.0)
+    hu[body] = -100.0                                                      # subcutaneous fat
+    hu[inner] = 40.0 + 12.0 * _smooth_noise(rng, size, 2.0)[inner]        # soft tissue
+    spine = np.hypot(x - c[0], y - (c[1] + 0.28 * ext[1])) < 0.09 * ext[0]
+    hu[spine] = 650.0                                                      # bone: clipped to 275
+    aorta = np.hypot(x - (c[0] + 0.06 * ext[0]), y - (c[1] + 0.14 * ext[1])) < rng.uniform(4.5, 6.0)
+    hu[aorta] = 160.0                                                      # contrast-filled vessel
+    for side in (-1, 1):                                                   # kidneys
+        kc = c + [side * 0.27 * ext[0], 0.16 * ext[1], rng.uniform(-4, 4)]
+        k = ((x - kc[0]) / 7) ** 2 + ((y - kc[1]) / 9) ** 2 + ((z - kc[2]) / 16) ** 2 < 1
+        hu[k] = 140.0
+    # pancreas: tapering ellipsoids along a curve in front of the aorta, head to tail
+    level = np.full(size, np.inf)
+    p0 = c + [-0.2 * ext[0], rng.uniform(-2, 2), rng.uniform(-3, 3)]
+    bend, tilt = rng.uniform(-6, 6), rng.uniform(-6, 6)
+    length = rng.uniform(0.38, 0.46) * ext[0]
+    for t in np.linspace(0, 1, 9):
+        q = p0 + [t * length, bend * np.sin(np.pi * t) - 0.02 * ext[1], tilt * t]
+        r = np.array([6.0, 5.5 - 2.0 * t, 7.0 - 2.5 * t]) * rng.uniform(0.9, 1.1)
+        level = np.minimum(level, np.sqrt((((np.stack([x, y, z]) - q[:, None, None, None])
+                                            / r[:, None, None, None]) ** 2).sum(0)))
+    label = (level + 0.15 * _smooth_noise(rng, size, 1.5) < 1) & ~aorta
+    hu[label] = 100.0 + 10.0 * _smooth_noise(rng, size, 1.0)[label]
+    hu = ndimage.gaussian_filter(hu, [0.6, 0.6, 0.3]) + rng.normal(0, 12.0, size)
+    return np.round(hu).astype(np.int16), label.astype(np.uint8)
+
+
+def _write_pancreas(spec: DatasetSpec, out: Path, n_cases: int, size: tuple[int, ...], seed: int) -> dict:
+    if len(size) != 3:
+        raise ValueError(f"pancreas phantom size is (X, Y, Z) voxels, got {size}")
+    if n_cases < 6:
+        raise ValueError("pancreas phantom needs at least 6 cases (3 labeled + 1 unlabeled + 1 val, 1 test)")
+    ids = [f"PANCREAS_{i:04d}" for i in range(1, n_cases + 1)]
+    n_test = max(1, n_cases // 5)
+    pool = n_cases - n_test - 1                             # training cases outside validation
+    counts = tuple(n for n in spec.labeled_counts if n < pool)
+    lists = pancreas.split_lists(ids, n_test=n_test, n_val=1, counts=counts, seed=seed)
+    # an LPS-style affine, as DICOM converters write: x and y run towards -R and -A
+    affine = np.diag([-PANCREAS_SPACING[0], -PANCREAS_SPACING[1], PANCREAS_SPACING[2], 1.0])
+    affine[:3, 3] = [120.0, 140.0, -300.0]
+    for i, case in enumerate(ids):
+        hu, label = pancreas_volume(np.random.default_rng([seed, 1, i]), size)
+        image_path, label_path = pancreas.files(out / "raw", case)
+        pancreas.write_nifti(image_path, hu, affine)
+        pancreas.write_nifti(label_path, label, affine)
+    write_lists(lists, out / "splits")
+    return {"dataset": "pancreas", "seed": seed, "shape": list(size), "spacing": list(PANCREAS_SPACING),
+            "cases": {r: lists[spec.lists[r]] for r in ("train", "val", "test")},
+            "labeled_counts": list(counts)}
+
+
+# ------------------------------------------------------------- ISIC (2D RGB)
+def isic_image(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One dermoscopy-like image: uint8 RGB H x W x 3 and mask uint8 {0, 255}."""
+    h, w = size
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    skin = np.array([rng.uniform(190, 235), rng.uniform(140, 180), rng.uniform(120, 160)])
+    lesion = np.array([rng.uniform(90, 140), rng.uniform(50, 85), rng.uniform(30, 60)])
+    cy, cx = h / 2 + rng.uniform(-0.12, 0.12) * h, w / 2 + rng.uniform(-0.12, 0.12) * w
+    ay, ax = rng.uniform(0.18, 0.3) * h, rng.uniform(0.18, 0.3) * w
+    ang = rng.uniform(0, np.pi)
+    u = (xx - cx) * np.cos(ang) + (yy - cy) * np.sin(ang)
+    v = -(xx - cx) * np.sin(ang) + (yy - cy) * np.cos(ang)
+    mask = np.hypot(u / ax, v / ay) + 0.15 * _smooth_noise(rng, size, 4.0) < 1   # irregular border
+    img = skin * (1 + 0.04 * _smooth_noise(rng, size, 6.0))[..., None]
+    inside = lesion * (1 + 0.15 * _smooth_noise(rng, size, 2.0))[..., None]     # pigment network
+    img = np.where(mask[..., None], inside, img)
+    for _ in range(int(rng.integers(1, 4))):                                      # hairs, not lesion
+        y0, x0, a = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0, np.pi)
+        d = np.abs((xx - x0) * np.sin(a) - (yy - y0) * np.cos(a))
+        img[d < 0.7] = rng.uniform(20, 50)
+    vignette = 1 - 0.35 * (((yy - h / 2) / h) ** 2 + ((xx - w / 2) / w) ** 2) * 4
+    img = ndimage.gaussian_filter(img * vignette[..., None], (0.6, 0.6, 0)) + rng.normal(0, 4, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8), (mask * 255).astype(np.uint8)
+
+
+def _write_isic(spec: DatasetSpec, out: Path, n_cases: int, size: tuple[int, ...], seed: int) -> dict:
+    if len(size) != 2:
+        raise ValueError(f"isic phantom size is (H, W), got {size}")
+    if n_cases < 8:
+        raise ValueError("isic phantom needs at least 8 images (70/10/20 % with one labeled and unlabeled)")
+    rng = np.random.default_rng([seed, 3])
+    ids = [f"ISIC_{i:07d}" for i in sorted(rng.choice(16073, n_cases, replace=False))]
+    for i, case in enumerate(ids):
+        r = np.random.default_rng([seed, 1, i])
+        shape = tuple(int(round(s * r.uniform(0.9, 1.1))) for s in size)   # sizes vary, as the real ones
+        image, mask = isic_image(r, shape)
+        image_path, mask_path = isic.files(out / "raw", case)
+        for path, array, fmt in ((image_path, image, "JPEG"), (mask_path, mask, "PNG")):
+            with atomic_path(path) as tmp:
+                Image.fromarray(array).save(tmp, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+    lists = isic.split_lists(ids, seed=seed)
+    write_lists(lists, out / "splits")
+    return {"dataset": "isic", "seed": seed, "shape": list(size),
+            "cases": {r: lists[spec.lists[r]] for r in ("train", "val", "test")},
+            "labeled_counts": list(spec.labeled_counts)}
+
+
+WRITERS = {"acdc": _write_acdc, "la": _write_la, "pancreas": _write_pancreas, "isic": _write_isic}
 
 
 def write_phantom(dataset: str, out: str | Path, n_cases: int | None = None,
@@ -234,10 +357,14 @@ def write_phantom(dataset: str, out: str | Path, n_cases: int | None = None,
     ``out/splits/`` (lists named and formatted as ``config/splits/<dataset>``).
 
     ``n_cases``: patients for acdc (default 12: 8 train, 2 val, 2 test; two
-    frames each), cases for la (default 14: 11 train of which 2 val, 3 test).
+    frames each), cases for la (default 14: 11 train of which 2 val, 3 test),
+    pancreas (default 10: 8 train of which 1 val, 2 test) and images for
+    isic (default 20: 14 train, 2 val, 4 test).
     ``size``: volume shape in the raw files' axis order, acdc
     (slices, H, W) or (H, W) with 6 slices, default (6, 64, 64); la
-    (X, Y, Z), default (48, 48, 40).
+    (X, Y, Z), default (48, 48, 40); pancreas (X, Y, Z) voxels of
+    0.8 x 0.8 x 2.5 mm, default (80, 72, 24); isic (H, W), default (80, 100),
+    each image within +-10 %.
     Lists are written for the labeled counts of the spec that leave at least
     one unlabeled (non-validation) training case. Returns a summary, also
     written last to ``out/phantom.json`` (the completion marker): cases per

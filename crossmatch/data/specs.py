@@ -29,10 +29,21 @@ class DatasetSpec:
     dice_smooth: float = 1e-4      # the reference Dice's smoothing term (UniMatch 1e-4, UA-MT 1e-5)
     # list files under config/splits/<name>/, by role; {n} is the labeled count
     lists: dict[str, str] = field(default_factory=dict)
+    # 2D datasets whose cases are single images (ISIC), not volumes of slices:
+    # training reads volumes/ directly, there is no slices/ folder
+    single_images: bool = False
+    # how many of the training cases ``labeled_counts`` counts: "cases" (patients for
+    # acdc) or "percent" of the training list (isic, as the semi-supervised ISIC papers)
+    labeled_unit: str = "cases"
 
     @property
     def split_dir(self) -> Path:
         return SPLITS_DIR / self.name
+
+    @property
+    def train_subdir(self) -> str:
+        """Folder of the preprocessed root that the training lists name."""
+        return "slices" if self.dim == 2 and not self.single_images else "volumes"
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -50,6 +61,25 @@ DATASETS: dict[str, DatasetSpec] = {
         eval_patch=(112, 112, 80), eval_stride=(18, 18, 4),
         spacing=(0.625, 0.625, 0.625), dice_from_class=1, dice_smooth=1e-5,
         lists={"labeled": "train_{n}_label.list", "unlabeled": "train_{n}_unlabel.list",
+               "val": "val.list", "test": "test.list", "train": "train.list"},
+    ),
+    # NIfTI CT resampled to 1 mm and cropped around the pancreas (crossmatch.data.pancreas);
+    # training and Dice settings as LA (V-Net, foreground-only Dice)
+    "pancreas": DatasetSpec(
+        name="pancreas", dim=3, n_classes=2, class_names=("Pancreas",), in_channels=1,
+        crop=(96, 96, 96), labeled_counts=(3, 6, 12),
+        eval_patch=(96, 96, 96), eval_stride=(16, 16, 16),
+        spacing=(1.0, 1.0, 1.0), dice_from_class=1, dice_smooth=1e-5,
+        lists={"labeled": "train_{n}_label.list", "unlabeled": "train_{n}_unlabel.list",
+               "val": "val.list", "test": "test.list", "train": "train.list"},
+    ),
+    # RGB dermoscopy resized to 256x256 (crossmatch.data.isic), stored H x W x 3 (channel
+    # last: the batches move it first); pixels have no physical spacing after the resize
+    "isic": DatasetSpec(
+        name="isic", dim=2, n_classes=2, class_names=("Lesion",), in_channels=3,
+        crop=(256, 256), labeled_counts=(5, 10, 20), labeled_unit="percent",
+        spacing=None, intensity_range=(0.0, 1.0), single_images=True,
+        lists={"labeled": "train_{n}pct_label.list", "unlabeled": "train_{n}pct_unlabel.list",
                "val": "val.list", "test": "test.list", "train": "train.list"},
     ),
 }

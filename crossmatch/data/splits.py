@@ -1,10 +1,12 @@
 """Split lists: reading, checking against the disk, carving validation.
 
 List files are shipped in ``config/splits/<dataset>/`` verbatim from the
-community (SSL4MIS/UniMatch for ACDC, UA-MT for LA). Entries are reduced to
-case ids (``data/slices/patient099_frame01_slice_15.h5`` ->
-``patient099_frame01_slice_15``). Training lists of 2D datasets name slices,
-every other list names volumes.
+community (SSL4MIS/UniMatch for ACDC, UA-MT for LA), or generated once from a
+recorded seed by ``generate_lists`` (Pancreas-CT, ISIC 2018; see
+``crossmatch.data.pancreas`` and ``crossmatch.data.isic``). Entries are
+reduced to case ids (``data/slices/patient099_frame01_slice_15.h5`` ->
+``patient099_frame01_slice_15``). Training lists of 2D volume datasets name
+slices, every other list names volumes (or, for ISIC, images).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from ..io import write_text
 from .specs import DatasetSpec
 
 MISSING_POLICIES = ("error", "subset")
@@ -46,6 +49,53 @@ def carve_validation(train: list[str], exclude: set[str], n: int = VAL_SIZE,
     if len(pool) < n:
         raise DataError(f"cannot carve {n} validation cases from {len(pool)} candidates")
     return sorted(random.Random(seed).sample(pool, n))
+
+
+def generate_lists(spec: DatasetSpec, ids: list[str], n_test: int, n_val: int,
+                   n_labeled: dict[int, int], seed: int, val_from_train: bool,
+                   keep_out: frozenset[str] = frozenset()) -> dict[str, list[str]]:
+    """The split lists of a dataset without community lists, by file name.
+
+    A permutation of the sorted ``ids`` drawn with ``seed`` gives ``test``
+    (its first ``n_test``) and the training cases; the labeled sets are the
+    first ``n_labeled[count]`` of a second seeded permutation of the training
+    cases (nested: a larger set holds the smaller ones). Validation, never
+    from test, is either carved as LA's was (``val_from_train``: from the
+    training cases outside the largest labeled set, with ``carve_validation``
+    and its seed; it stays in ``train`` and the unlabeled lists, and
+    ``resolve_splits`` removes it from the pool) or held out as a separate
+    ``n_val`` (``val_from_train=False``: train / val / test). ``keep_out``
+    cases (ones some copies of the data lack) are never labeled or
+    validation, so a subset copy keeps the labeled counts. Lists are sorted.
+    """
+    ids = sorted(set(ids))
+    if len(ids) < n_test + n_val + 1:
+        raise DataError(f"{spec.name}: {len(ids)} cases are too few for {n_test} test and {n_val} validation")
+    rng = random.Random(seed)
+    order = rng.sample(ids, len(ids))
+    test, rest = order[:n_test], order[n_test:]
+    val: list[str] = []
+    if not val_from_train:
+        val, rest = rest[:n_val], rest[n_val:]
+    train = sorted(rest)
+    pool = [c for c in rng.sample(train, len(train)) if c not in keep_out]
+    if any(k < 1 or k >= len(pool) - (n_val if val_from_train else 0) for k in n_labeled.values()):
+        raise DataError(f"{spec.name}: labeled sizes {n_labeled} leave no unlabeled training case "
+                        f"among {len(train)}")
+    labeled = {n: pool[:k] for n, k in n_labeled.items()}
+    if val_from_train:
+        val = carve_validation(sorted(pool), set(max(labeled.values(), key=len, default=[])), n_val)
+    lists = {spec.lists["train"]: train, spec.lists["val"]: sorted(val), spec.lists["test"]: sorted(test)}
+    for n, lab in labeled.items():
+        lists[spec.lists["labeled"].format(n=n)] = sorted(lab)
+        lists[spec.lists["unlabeled"].format(n=n)] = sorted(set(train) - set(lab))
+    return lists
+
+
+def write_lists(lists: dict[str, list[str]], out: str | Path) -> None:
+    """Write ``generate_lists``' lists under ``out`` (one entry per line, atomically)."""
+    for name, entries in lists.items():
+        write_text(Path(out) / name, "".join(f"{e}\n" for e in entries))
 
 
 @dataclass
@@ -108,8 +158,8 @@ def resolve_splits(spec: DatasetSpec, root: str | Path, labeled: int | str,
         lab, unl = lst("labeled"), lst("unlabeled")
     val, test = lst("val"), lst("test")
     val_vols = set(val)
-    train_sub = "slices" if spec.dim == 2 else "volumes"
-    owner = volume_of if spec.dim == 2 else (lambda c: c)
+    train_sub = spec.train_subdir
+    owner = volume_of if train_sub == "slices" else (lambda c: c)
     lab = [c for c in lab if owner(c) not in val_vols]
     unl = [c for c in unl if owner(c) not in val_vols]
 

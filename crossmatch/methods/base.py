@@ -57,6 +57,7 @@ class Method:
     name: ClassVar[str]
     uses_unlabeled: ClassVar[bool] = False
     labels_all: ClassVar[bool] = False   # train on every training case labeled (upper bound)
+    dims: ClassVar[tuple[int, ...]] = (2, 3)  # dataset dimensions the method supports
     defaults: ClassVar[dict[str, Any]] = {}
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     # hyperparameters spelled in the experiment id (ablation axes)
@@ -79,8 +80,15 @@ class Method:
 
     @classmethod
     def hyperparameters(cls, dataset: str, given: dict[str, Any]) -> dict[str, Any]:
-        """Defaults, then per-dataset defaults, then ``given`` (unknown keys rejected)."""
+        """Defaults, then per-dataset defaults, then ``given`` (unknown keys rejected).
+        A dataset of a dimension the method does not support is rejected here,
+        when the config is resolved, before any data is read."""
+        from ..data.specs import get_spec
         from ..errors import ConfigError
+        dim = get_spec(dataset).dim
+        if dim not in cls.dims:
+            raise ConfigError(f"method.name: {cls.name} supports {'/'.join(f'{d}D' for d in cls.dims)} "
+                              f"datasets only; {dataset} is {dim}D")
         hp = {**cls.defaults, **cls.dataset_defaults.get(dataset, {})}
         for k, v in given.items():
             if k not in hp:

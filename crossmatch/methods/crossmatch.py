@@ -24,9 +24,9 @@ import math
 
 import torch
 
-from ..data.augment import apply_cutmix, cutmix_boxes, strong_intensity
+from ..data.augment import strong_views
 from ..errors import ConfigError
-from ..losses import masked_dice, pseudo_label, supervised_loss
+from ..losses import masked_dice, mixed_pseudo_label, pseudo_label, supervised_loss
 from .base import Method, StepContext, register
 
 LOSS_FORMS = ("reference", "paper")
@@ -57,7 +57,8 @@ class CrossMatch(Method):
         "tau_schedule": "constant",  # constant | reference_ramp (LA reference code, ramp over ramp_length)
         "ramp_length": 17000,
     }
-    dataset_defaults = {"la": {"tau": 0.85, "w_kd": 1.0}}
+    # the 3D settings of the LA reference code; Pancreas-CT (3D, no reference) takes them too
+    dataset_defaults = {"la": {"tau": 0.85, "w_kd": 1.0}, "pancreas": {"tau": 0.85, "w_kd": 1.0}}
     id_keys = ("tau", "eta")
 
     @classmethod
@@ -100,18 +101,12 @@ class CrossMatch(Method):
         # Dice options of the dataset's reference code: first class and smoothing
         dice = dict(from_class=self.spec.dice_from_class, smooth=self.spec.dice_smooth)
         x, y, u, u_mix = batch["x"], batch["y"], batch["u"], batch["u_mix"]
-        n, spatial = u.shape[0], tuple(u.shape[2:])
-        clip = self.spec.intensity_range
+        n = u.shape[0]
         views = hp["strong_views"]
         use_fp = hp["tkd"] or hp["dkd"]
 
         # strong views: intensity jitter + blur, then CutMix from the mix batch's own strong view
-        boxes, strong = [], []
-        for _ in range(views):
-            s, s_mix = strong_intensity(u, ctx.gen, clip), strong_intensity(u_mix, ctx.gen, clip)
-            box = cutmix_boxes(n, spatial, ctx.gen).to(u.device)
-            strong.append(apply_cutmix(s, s_mix, box))
-            boxes.append(box)
+        strong, boxes = strong_views(u, u_mix, ctx.gen, views, self.spec.intensity_range)
 
         # 1. pseudo-labels for the mixed regions (eval mode; feature dropout stays on)
         with torch.no_grad(), ctx.autocast():
@@ -148,7 +143,7 @@ class CrossMatch(Method):
 
         # 3. strong views; the last one also feeds the perturbed streams
         last = boxes[-1]
-        mixed = [pseudo_label(apply_cutmix(p_w, mix, b)) for b in boxes]  # (conf, label) per view
+        mixed = [mixed_pseudo_label(p_w, mix, b) for b in boxes]  # (conf, label) per view
         part: dict[str, torch.Tensor] = {}
         with ctx.autocast():
             if use_fp:
@@ -165,9 +160,9 @@ class CrossMatch(Method):
                 part["tkd_s_dw"] = masked_dice(out[2], lab_s, conf_s, tau, **dice)
                 part["tkd_s_ds"] = masked_dice(out[3], lab_s, conf_s, tau, **dice)
             if hp["dkd"]:
-                c, t = pseudo_label(apply_cutmix(targets_dw, mix_dw, last))
+                c, t = mixed_pseudo_label(targets_dw, mix_dw, last)
                 part["dkd_dw"] = masked_dice(out[2], t, c, tau, **dice)
-                c, t = pseudo_label(apply_cutmix(targets_ds, mix_ds, last))
+                c, t = mixed_pseudo_label(targets_ds, mix_ds, last)
                 part["dkd_ds"] = masked_dice(out[3], t, c, tau, **dice)
         ctx.backward(self.combine(part) if loss_a is None else loss_a + self.combine(part))
 

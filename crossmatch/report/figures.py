@@ -185,7 +185,7 @@ def qualitative(grid: dict[str, Any], dataset: str, out_prefix: str | Path, n_ca
         fg = (label > 0).sum(axis=tuple(a for a in range(label.ndim) if a != axis % label.ndim)) \
             if label.ndim == 3 else np.array([1])
         k = int(np.argmax(fg))
-        img = _slice(image, axis, k)
+        img = image if label.ndim == 2 else _slice(image, axis, k)   # a single (RGB) image: as is
         panels = [("image", None, None), ("ground truth", label, None)]
         for mlabel, lab, rid in runs:
             with h5py.File(collect.prediction_path(grid, rid, checkpoint, case), "r") as f:

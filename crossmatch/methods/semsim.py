@@ -1,0 +1,308 @@
+"""SemSim (Xie et al., 2024): weak-to-strong consistency from a semantic
+similarity perspective. 2D only.
+
+Base (UniMatch): a teacher prediction on the weak view (detached), two
+strong views (colour jitter, blur, CutMix) and a feature-perturbation (FP)
+stream: channel dropout p=0.5 on the weak view's encoder features, then the
+decoder. Unlabeled terms are Dice against hard pseudo-labels, masked where
+the teacher's confidence is below ``tau`` (UniMatch's ACDC loss).
+
+On top, computed on the features of the spatial-aware fusion module (SFM,
+a method-owned module in ``self.extra``; evaluation uses the network only)
+at 1/``feature_scale`` of the input:
+  - intra-image similarity: the affinity M = softmax_j(cos(f_i, f_j) / T)
+    aggregates each strong view's prediction over similar positions; the
+    rectified prediction (p + M p) / 2 must match the pseudo-label (L_intra);
+  - cross-image similarity: class prototypes from the labeled features
+    (masked average pooling with the labels) per sub-region of a
+    ``sqrt(n_regions)`` grid, the whole labeled batch's prototype standing in
+    for a class absent from a sub-region; the strong views' features query
+    them (cosine / T -> class prediction), supervised by the pseudo-label
+    with the per-pixel weight exp(-r KL(teacher || query)) (L_cross).
+
+Loss: (L_s + w_u L_u + w_intra L_intra + w_cross L_cross) / 2 with
+L_u = 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp (UniMatch's weights within L_u);
+with w_u = 1 and no similarity terms this is exactly UniMatch's loss.
+
+One step, two passes (the graph of the first is freed before the second):
+  1. no grad, eval mode: the teacher on the CutMix source batch;
+  2. encoder on [x, u_w], decoder on [x, u_w, drop(u_w)] -> L_s, L_fp,
+     teacher p_w; prototypes from the labeled features (no grad);
+  3. ``model([u_s1, u_s2], features=True)`` -> L_s1, L_s2, L_intra, L_cross.
+All targets (pseudo-labels, teacher, prototypes) are detached, so
+back-propagating pass 2's part early gives the same gradient.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.augment import apply_cutmix, strong_views
+from ..errors import ConfigError
+from ..losses import dice_loss, masked_dice, pseudo_label, supervised_loss
+from ..models import FeatureDropout
+from .base import Method, StepContext, register
+
+FEATURE_SCALES = (4, 8, 16)
+ABSENT = -1e4  # query logit of a class no labeled pixel of the batch shows
+
+
+class SpatialFusion(nn.Module):
+    """Spatial-aware fusion module: fuses decoder stages into one feature map.
+
+    Each stage is average-pooled to the target grid and projected to ``dim``
+    channels (pooling first: a 1x1 projection commutes with it and is then
+    cheap). Windows of ``window x window`` target positions are matched
+    across the stages: the tokens of one window (every stage, every
+    position, tagged with learned stage and in-window position embeddings)
+    attend to each other in one pre-norm transformer block (LN, multi-head
+    attention, LN, MLP). The output at a position is the mean of its stage
+    tokens. A grid side not divisible by ``window`` uses gcd(window, side).
+    """
+
+    def __init__(self, in_channels: Sequence[int], dim: int = 64, window: int = 4, heads: int = 4):
+        super().__init__()
+        self.dim, self.window = dim, window
+        self.proj = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in in_channels)
+        self.level = nn.Parameter(torch.randn(len(in_channels), dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(window, window, dim) * 0.02)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, stages: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        maps = [proj(F.adaptive_avg_pool2d(s, size)) for proj, s in zip(self.proj, stages)]
+        n, k, d, (h, w) = maps[0].shape[0], len(maps), self.dim, size
+        wh, ww = math.gcd(self.window, h), math.gcd(self.window, w)
+        x = torch.stack(maps, 1).reshape(n, k, d, h // wh, wh, w // ww, ww)
+        x = x.permute(0, 3, 5, 1, 4, 6, 2)  # n, rows, cols, stage, wh, ww, d
+        x = x + self.level.view(k, 1, 1, d) + self.pos[:wh, :ww]
+        t = x.reshape(-1, k * wh * ww, d)  # one sequence per window
+        y = self.norm1(t)
+        t = t + self.attn(y, y, y, need_weights=False)[0]
+        t = t + self.mlp(self.norm2(t))
+        t = t.view(n, h // wh, w // ww, k, wh, ww, d).mean(3)
+        return t.permute(0, 5, 1, 3, 2, 4).reshape(n, d, h, w)
+
+
+def affinity(feats: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Row-stochastic ``N x P x P`` affinity of ``N x C x h x w`` features
+    (P = h w): softmax over positions j of cos(f_i, f_j) / temperature."""
+    f = F.normalize(feats.float().flatten(2), dim=1)
+    return torch.softmax(f.transpose(1, 2) @ f / temperature, dim=-1)
+
+
+def rectify(probs: torch.Tensor, feats: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(p + M p) / 2: the prediction plus its affinity-weighted aggregate,
+    computed on the feature grid and upsampled. Halving keeps it a
+    distribution (M's rows sum to 1)."""
+    n, k = probs.shape[:2]
+    size = feats.shape[2:]
+    low = F.adaptive_avg_pool2d(probs, size).flatten(2)               # n x k x P
+    agg = (low @ affinity(feats, temperature).transpose(1, 2)).view(n, k, *size)
+    agg = F.interpolate(agg, size=probs.shape[2:], mode="bilinear", align_corners=False)
+    return (probs + agg) / 2
+
+
+def region_index(size: Sequence[int], grid: int, device: torch.device) -> torch.Tensor:
+    """Sub-region (of a ``grid x grid`` partition) of every position of a ``size`` map, flattened."""
+    rows = torch.arange(size[0], device=device) * grid // size[0]
+    cols = torch.arange(size[1], device=device) * grid // size[1]
+    return (rows[:, None] * grid + cols[None, :]).flatten()
+
+
+def region_prototypes(feats: torch.Tensor, labels: torch.Tensor, n_classes: int,
+                      grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class prototypes per sub-region by masked average pooling.
+
+    ``feats`` ``N x C x h x w``; ``labels`` ``N x H x W`` (any multiple of the
+    feature grid: the one-hot labels are area-pooled to it, so small
+    structures keep a fractional weight). Returns prototypes ``R x K x C``
+    (R = grid^2), where a class absent from a sub-region gets its prototype
+    over the whole images, and ``present`` (``K`` bool): the class occurs at all.
+    """
+    size = feats.shape[2:]
+    onehot = F.one_hot(labels.long(), n_classes).movedim(-1, 1).float()
+    weight = F.adaptive_avg_pool2d(onehot, size).flatten(2)           # N x K x P
+    f = feats.float().flatten(2)                                      # N x C x P
+    region = F.one_hot(region_index(size, grid, feats.device), grid * grid).float()  # P x R
+    sums = torch.einsum("pr,nkp,ncp->rkc", region, weight, f)
+    counts = torch.einsum("pr,nkp->rk", region, weight)
+    total, total_counts = sums.sum(0), counts.sum(0)
+    image = total / total_counts.clamp(min=1e-6)[:, None]
+    local = sums / counts.clamp(min=1e-6)[..., None]
+    protos = torch.where((counts > 1e-6)[..., None], local, image)
+    return protos, total_counts > 1e-6
+
+
+def query_logits(feats: torch.Tensor, protos: torch.Tensor, present: torch.Tensor, grid: int,
+                 temperature: float) -> torch.Tensor:
+    """``N x K x h x w`` logits: cosine similarity / temperature of each
+    position's feature to the class prototypes of its own sub-region."""
+    size = feats.shape[2:]
+    f = F.normalize(feats.float().flatten(2), dim=1)                  # N x C x P
+    r, k, c = protos.shape
+    # similarity to every region's prototypes in one matmul, then each position's own region
+    # (a per-position batched matmul is ~50x slower on CPU)
+    sim = (F.normalize(protos, dim=-1).reshape(r * k, c) @ f).view(len(f), r, k, -1)
+    index = region_index(size, grid, feats.device).view(1, 1, 1, -1).expand(len(f), 1, k, -1)
+    logits = sim.gather(1, index).squeeze(1) / temperature
+    logits = logits.masked_fill(~present[None, :, None], ABSENT)
+    return logits.view(*logits.shape[:2], *size)
+
+
+def uncertainty_weight(log_query: torch.Tensor, teacher: torch.Tensor, r: float) -> torch.Tensor:
+    """exp(-r KL(teacher || query)) per pixel (class axis 1): 1 where the two
+    distributions agree, towards 0 as they diverge."""
+    kl = (torch.xlogy(teacher, teacher) - teacher * log_query).sum(1)
+    return torch.exp(-r * kl.clamp(min=0))
+
+
+def cross_loss(logits: torch.Tensor, target: torch.Tensor, conf: torch.Tensor, tau: float,
+               teacher: torch.Tensor, r: float, present: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uncertainty-weighted cross-entropy of the query prediction against the
+    pseudo-label, averaged over confident pixels (teacher confidence >= tau,
+    label a class the prototypes know). The weight is detached: it ranks
+    pixels, it is not a quantity to optimise. Returns (loss, weights)."""
+    log_q = F.log_softmax(logits.float(), 1)
+    ce = -log_q.gather(1, target[:, None].long())[:, 0]
+    w = uncertainty_weight(log_q.detach(), teacher, r)
+    valid = (conf >= tau) & present[target.long()]
+    return (w * ce * valid).sum() / valid.sum().clamp(min=1), w
+
+
+def stage_channels(model: nn.Module) -> list[int]:
+    """Output channels of the 2D UNet's decoder stages, deepest first."""
+    return [up.conv[0].out_channels for up in model.decoder.ups]
+
+
+@register
+class SemSim(Method):
+    name = "semsim"
+    uses_unlabeled = True
+    dims = (2,)
+    defaults = {
+        "tau": 0.95,            # confidence threshold of the pseudo-labels
+        "w_u": 0.5,             # weight of L_u = .25 s1 + .25 s2 + .5 fp
+        "w_intra": 0.25,        # weight of the intra-image (affinity) term
+        "w_cross": 0.25,        # weight of the cross-image (prototype) term
+        "r": 1000.0,            # uncertainty weight exp(-r KL) of L_cross
+        "n_regions": 4,         # prototype sub-regions (a square: 4 = 2x2)
+        "feature_scale": 8,     # SFM / affinity grid: 1/8 of the input (4, 8 or 16)
+        "temperature": 0.1,     # of the cosine softmaxes (affinity and prototype query)
+        "fp_p": 0.5,            # channel dropout of the FP stream (UniMatch: 0.5)
+        "sfm_dim": 64,          # SFM token width
+        "sfm_window": 4,        # SFM matching window (positions of the feature grid)
+        "sfm_heads": 4,
+        "split_backward": True,  # back-propagate pass 2 before pass 3 (same gradient, less memory)
+    }
+    id_keys = ("tau",)
+
+    @classmethod
+    def check(cls, hp: dict) -> None:
+        if not 0.0 <= hp["tau"] < 1.0:
+            raise ConfigError(f"method.tau must be in [0, 1), got {hp['tau']}")
+        for key in ("w_u", "w_intra", "w_cross", "r"):
+            if hp[key] < 0:
+                raise ConfigError(f"method.{key} must be >= 0, got {hp[key]}")
+        n = hp["n_regions"]
+        if n < 1 or math.isqrt(n) ** 2 != n:
+            raise ConfigError(f"method.n_regions must be a square (1, 4, 9, ...), got {n}")
+        if hp["feature_scale"] not in FEATURE_SCALES:
+            raise ConfigError(f"method.feature_scale must be one of {FEATURE_SCALES}, got {hp['feature_scale']}")
+        if hp["temperature"] <= 0:
+            raise ConfigError(f"method.temperature must be > 0, got {hp['temperature']}")
+        if not 0.0 <= hp["fp_p"] < 1.0:
+            raise ConfigError(f"method.fp_p must be in [0, 1), got {hp['fp_p']}")
+        if hp["sfm_window"] < 1 or hp["sfm_heads"] < 1:
+            raise ConfigError("method.sfm_window and method.sfm_heads must be >= 1")
+        if hp["sfm_dim"] < 1 or hp["sfm_dim"] % hp["sfm_heads"]:
+            raise ConfigError(f"method.sfm_dim must be a positive multiple of method.sfm_heads "
+                              f"({hp['sfm_heads']}), got {hp['sfm_dim']}")
+
+    def __init__(self, model: nn.Module, spec, hp: dict):
+        super().__init__(model, spec, hp)
+        self.grid = math.isqrt(hp["n_regions"])
+        self.fp_drop = FeatureDropout(hp["fp_p"])  # parameter-free, always active
+        # decoder stages 2-4 (1/4, 1/2, 1/1 of the input) feed the SFM
+        self.extra["sfm"] = SpatialFusion(stage_channels(model)[1:], hp["sfm_dim"], hp["sfm_window"],
+                                          hp["sfm_heads"])
+
+    def weights(self) -> dict[str, float]:
+        """Linear weight of every named loss term in the total loss."""
+        hp = self.hp
+        w = {"sup": 1.0, "u_s1": 0.25 * hp["w_u"], "u_s2": 0.25 * hp["w_u"], "u_fp": 0.5 * hp["w_u"],
+             "intra": hp["w_intra"], "cross": hp["w_cross"]}
+        return {k: v / 2 for k, v in w.items()}
+
+    def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        w = self.weights()
+        return sum(w[k] * v for k, v in terms.items())
+
+    def features(self, stages: list[torch.Tensor], spatial: Sequence[int]) -> torch.Tensor:
+        size = tuple(s // self.hp["feature_scale"] for s in spatial)
+        return self.extra["sfm"](stages[1:], size)
+
+    def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
+        model, hp, tau, temp = self.model, self.hp, self.hp["tau"], self.hp["temperature"]
+        dice = dict(from_class=self.spec.dice_from_class, smooth=self.spec.dice_smooth)
+        x, y, u, u_mix = batch["x"], batch["y"], batch["u"], batch["u_mix"]
+        nx, n, spatial = len(x), len(u), tuple(u.shape[2:])
+        strong, boxes = strong_views(u, u_mix, ctx.gen, 2, self.spec.intensity_range)
+
+        # 1. teacher on the CutMix source batch, for the mixed regions of the pseudo-labels
+        with torch.no_grad(), ctx.autocast():
+            model.eval()
+            mix = model(u_mix).float().softmax(1)
+            model.train()
+
+        # 2. labeled + weak view + FP stream: one encoder pass, one stacked decoder pass
+        terms: dict[str, torch.Tensor] = {}
+        with ctx.autocast():
+            feats = [torch.cat((f, self.fp_drop(f[nx:]))) for f in model.encoder(torch.cat((x, u)))]
+            logits, stages = model.decoder(feats, return_features=True)
+        pred_x, pred_w, pred_fp = logits.split([nx, n, n])
+        ce, dice_x = supervised_loss(pred_x, y, **dice)
+        terms["sup"] = (ce + dice_x) / 2
+        p_w = pred_w.detach().float().softmax(1)
+        conf_w, y_w = pseudo_label(p_w)
+        terms["u_fp"] = masked_dice(pred_fp, y_w, conf_w, tau, **dice)
+        # prototypes are targets: detached, so this pass's graph can go now
+        with torch.no_grad(), ctx.autocast():
+            feats_x = self.features([s[:nx] for s in stages], spatial)
+        protos, present = region_prototypes(feats_x, y, self.spec.n_classes, self.grid)
+        loss_a = self.combine(terms)
+        if hp["split_backward"]:
+            ctx.backward(loss_a)
+            loss_a = None
+        del feats, logits, stages, pred_x, pred_w, pred_fp
+
+        # 3. both strong views, against the teacher with the source's prediction pasted in the box
+        teacher = torch.cat([apply_cutmix(p_w, mix, b) for b in boxes])
+        conf_s, y_s = pseudo_label(teacher)
+        part: dict[str, torch.Tensor] = {}
+        with ctx.autocast():
+            logits, stages = model(torch.cat(strong), features=True)
+            feats_s = self.features(stages, spatial)
+        for i, (pred, conf, lab) in enumerate(zip(logits.split(n), conf_s.split(n), y_s.split(n))):
+            part[f"u_s{i + 1}"] = masked_dice(pred, lab, conf, tau, **dice)
+        rect = rectify(logits.float().softmax(1), feats_s, temp)
+        part["intra"] = dice_loss(rect, y_s, conf_s >= tau, **dice)
+        query = F.interpolate(query_logits(feats_s, protos, present, self.grid, temp), size=spatial,
+                              mode="bilinear", align_corners=False)
+        part["cross"], w = cross_loss(query, y_s, conf_s, tau, teacher, hp["r"], present)
+        ctx.backward(self.combine(part) if loss_a is None else loss_a + self.combine(part))
+
+        terms.update(part)
+        logs = {k: v.item() for k, v in terms.items()}
+        logs["loss"] = sum(self.weights()[k] * v for k, v in logs.items())
+        logs["sup_ce"], logs["sup_dice"] = ce.item(), dice_x.item()
+        logs["mask_ratio"] = (conf_w >= tau).float().mean().item()
+        logs["cross_weight"] = w[conf_s >= tau].mean().item() if (conf_s >= tau).any() else 0.0
+        return logs
