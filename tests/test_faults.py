@@ -69,8 +69,12 @@ def popen_snakemake(workdir: Path, *args: str, env: dict | None = None) -> subpr
     """Snakemake in the background, in its own session (a terminal's process group)."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
            "--directory", str(workdir), *args]
+    # SIGINT back to its default: when the test suite itself was started in the
+    # background of a non-interactive shell (nohup ... &), SIGINT is ignored and
+    # every child would inherit that, so Ctrl-C (our SIGINT) would do nothing
     return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+                            start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> str:

@@ -105,3 +105,23 @@ class Method:
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         """Run one iteration's forward/backward; return named values to log."""
         raise NotImplementedError
+
+    # for methods whose loss is a weighted sum of named terms
+    def weights(self) -> dict[str, float]:
+        """Linear weight of every named loss term in the total loss."""
+        raise NotImplementedError
+
+    def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        w = self.weights()
+        return sum(w[k] * v for k, v in terms.items())
+
+    def log_row(self, terms: dict[str, torch.Tensor], sup_ce: torch.Tensor, sup_dice: torch.Tensor,
+                conf: torch.Tensor, tau: float) -> dict[str, float]:
+        """Every term, the weighted total, the supervised CE and Dice, and the
+        share of unlabeled pixels whose teacher confidence reaches ``tau``."""
+        logs = {k: v.item() for k, v in terms.items()}
+        w = self.weights()
+        logs["loss"] = sum(w[k] * v for k, v in logs.items())
+        logs["sup_ce"], logs["sup_dice"] = sup_ce.item(), sup_dice.item()
+        logs["mask_ratio"] = (conf >= tau).float().mean().item()
+        return logs

@@ -90,10 +90,6 @@ class CrossMatch(Method):
              "dkd_dw": w_dkd, "dkd_ds": w_dkd}
         return {k: v / 2 if ref else v for k, v in w.items()}
 
-    def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        w = self.weights()
-        return sum(w[k] * v for k, v in terms.items())
-
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         model, hp, tau = self.model, self.hp, self.hp["tau"]
         if hp["tau_schedule"] == "reference_ramp":
@@ -167,9 +163,6 @@ class CrossMatch(Method):
         ctx.backward(self.combine(part) if loss_a is None else loss_a + self.combine(part))
 
         terms.update(part)
-        logs = {k: v.item() for k, v in terms.items()}
-        logs["loss"] = sum(self.weights()[k] * v for k, v in logs.items())
-        logs["sup_ce"], logs["sup_dice"] = ce.item(), dice_x.item()
-        logs["mask_ratio"] = (conf_w >= tau).float().mean().item()
+        logs = self.log_row(terms, ce, dice_x, conf_w, tau)
         logs["tau"] = tau
         return logs

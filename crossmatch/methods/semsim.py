@@ -241,10 +241,6 @@ class SemSim(Method):
              "intra": hp["w_intra"], "cross": hp["w_cross"]}
         return {k: v / 2 for k, v in w.items()}
 
-    def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        w = self.weights()
-        return sum(w[k] * v for k, v in terms.items())
-
     def features(self, stages: list[torch.Tensor], spatial: Sequence[int]) -> torch.Tensor:
         size = tuple(s // self.hp["feature_scale"] for s in spatial)
         return self.extra["sfm"](stages[1:], size)
@@ -300,9 +296,6 @@ class SemSim(Method):
         ctx.backward(self.combine(part) if loss_a is None else loss_a + self.combine(part))
 
         terms.update(part)
-        logs = {k: v.item() for k, v in terms.items()}
-        logs["loss"] = sum(self.weights()[k] * v for k, v in logs.items())
-        logs["sup_ce"], logs["sup_dice"] = ce.item(), dice_x.item()
-        logs["mask_ratio"] = (conf_w >= tau).float().mean().item()
+        logs = self.log_row(terms, ce, dice_x, conf_w, tau)
         logs["cross_weight"] = w[conf_s >= tau].mean().item() if (conf_s >= tau).any() else 0.0
         return logs
