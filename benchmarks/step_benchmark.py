@@ -1,6 +1,11 @@
 """Time per training iteration and peak memory of CrossMatch vs its baselines.
 
 Variants, all on the same network and the same labeled batch:
+  network                  the bare network: forward, cross-entropy, backward and
+                           SGD step on the labeled batch, no method code (the
+                           floor under ``supervised``: their difference is our
+                           code's overhead; with --batch it measures how the
+                           per-sample cost changes with the batch size)
   supervised               labeled batch only
   crossmatch               stacked decoder streams, pass-2 loss back-propagated
                            before pass 3 (the default)
@@ -38,6 +43,7 @@ SHAPES = {  # reference batch sizes: labeled = unlabeled = mix
     "la": {"batch": 2, "crop": [112, 112, 80]},
 }
 VARIANTS = {
+    "network": ({"name": "supervised"}, {}),
     "supervised": ({"name": "supervised"}, {}),
     "crossmatch": ({"name": "crossmatch"}, {}),
     "crossmatch_one_backward": ({"name": "crossmatch", "split_backward": False}, {}),
@@ -56,7 +62,7 @@ ALLOCATORS = {
 
 
 def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, device: str,
-            tune: bool) -> dict:
+            tune: bool, batch_size: int | None = None) -> dict:
     import torch
 
     from crossmatch.runtime import tune_allocator
@@ -70,7 +76,7 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
 
     torch.set_num_threads(threads)
     method_cfg, model_cfg = VARIANTS[variant]
-    shape = SHAPES[dataset]
+    shape = dict(SHAPES[dataset], **({"batch": batch_size} if batch_size else {}))
     cfg = config.resolve({"dataset": {"name": dataset}, "method": method_cfg, "model": model_cfg,
                           "train": {"batch_size": shape["batch"], "crop": shape["crop"], "device": device}})
     spec = get_spec(dataset)
@@ -98,7 +104,12 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
         tic = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         ctx = StepContext(i, dev, gen, lambda loss: scaler.scale(loss).backward(), autocast)
-        method.training_step(batch, ctx)
+        if variant == "network":
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(model(batch["x"]).float(), batch["y"])
+            ctx.backward(loss)
+        else:
+            method.training_step(batch, ctx)
         scaler.step(opt)
         scaler.update()
         method.after_step(ctx)
@@ -106,7 +117,8 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - tic)
-    out = {"dataset": dataset, "variant": variant, "batch": {"supervised": f"{b}", "simcvd": f"{b}+{b}"}.get(variant, f"{b}+{b}+{b}"),
+    out = {"dataset": dataset, "variant": variant,
+           "batch": {"network": f"{b}", "supervised": f"{b}", "simcvd": f"{b}+{b}"}.get(variant, f"{b}+{b}+{b}"),
            "crop": crop, "seconds_per_iter": statistics.median(times), "seconds_all": times,
            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
            "device": str(dev), "threads": threads}
@@ -136,12 +148,15 @@ def main() -> None:
                    "steady size over the first steps)")
     p.add_argument("--tune", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=None, help="batch size per stream (default: the "
+                   "reference's, ACDC 12, LA 2)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path)
     p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.single:
-        print(json.dumps(run_one(a.dataset, a.variants[0], a.iters, a.warmup, a.threads, a.device, a.tune)))
+        print(json.dumps(run_one(a.dataset, a.variants[0], a.iters, a.warmup, a.threads, a.device, a.tune,
+                                 a.batch)))
         return
     import torch
     results = []
@@ -155,7 +170,8 @@ def main() -> None:
             env = {**os.environ, **alloc_env, "PYTHONPATH": str(REPO)}
             cmd = [sys.executable, __file__, "--single", "--dataset", a.dataset, "--variants", variant,
                    "--iters", str(a.iters), "--warmup", str(a.warmup), "--threads", str(a.threads),
-                   "--device", a.device] + (["--tune"] if tune else [])
+                   "--device", a.device] + (["--tune"] if tune else []) + \
+                (["--batch", str(a.batch)] if a.batch else [])
             res = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if res.returncode:
                 sys.exit(f"{variant} ({alloc}) failed:\n{res.stderr[-3000:]}")

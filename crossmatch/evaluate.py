@@ -27,7 +27,7 @@ from .data.splits import case_id
 from .errors import DataError
 from .inference import predict_slices_2d, sliding_window_3d
 from .io import atomic_path, write_json
-from .metrics import EMPTY_POLICY, METRIC_KEYS, case_metrics, summarise
+from .metrics import EMPTY_POLICY, METRIC_KEYS, case_metrics, dice, summarise
 
 CHECKPOINTS = ("final", "best")
 
@@ -47,12 +47,6 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray, spec: DatasetSpec,
                              spec.n_classes, device)
 
 
-def _dice(pred: np.ndarray, gt: np.ndarray, c: int) -> float:
-    p, g = pred == c, gt == c
-    denom = p.sum() + g.sum()
-    return 1.0 if denom == 0 else 2.0 * float((p & g).sum()) / float(denom)
-
-
 def mean_dice(model: torch.nn.Module, spec: DatasetSpec, cfg: dict[str, Any], files: list[Path],
               device: torch.device, stride: list[int] | None = None) -> float:
     """Mean over cases of the mean foreground Dice (the validation score)."""
@@ -60,7 +54,7 @@ def mean_dice(model: torch.nn.Module, spec: DatasetSpec, cfg: dict[str, Any], fi
     for path in files:
         image, label, _ = read_case(path, spec.n_classes)
         pred = predict_volume(model, image, spec, cfg, device, stride)
-        scores.append(np.mean([_dice(pred, label, c) for c in range(1, spec.n_classes)]))
+        scores.append(np.mean([dice(pred == c, label == c) for c in range(1, spec.n_classes)]))
     return float(np.mean(scores))
 
 

@@ -283,3 +283,20 @@ def test_summarise_rejects_inconsistent_rows():
     del bad["jaccard"]
     with pytest.raises(ValueError, match="missing keys"):
         summarise([bad])
+
+
+def test_dice_is_medpys_and_validation_uses_it():
+    """One Dice for reporting and for checkpoint selection: equal to medpy's dc on
+    random non-empty masks, and the empty-mask policy where medpy has none."""
+    from medpy.metric import binary as mb
+
+    from crossmatch import evaluate
+    from crossmatch.metrics import dice
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p, g = rng.random((9, 11, 7)) > 0.6, rng.random((9, 11, 7)) > 0.4
+        assert dice(p, g) == pytest.approx(float(mb.dc(p, g)), abs=1e-12)
+    empty = np.zeros((4, 4), bool)
+    assert dice(empty, empty) == 1.0 and dice(empty, ~empty) == 0.0
+    assert evaluate.dice is dice  # mean_dice (validation) scores with the reported Dice

@@ -163,18 +163,32 @@ def test_isic_split_generator_sizes_and_shipping():
     sizes = {n: len(lists[f"train_{n}pct_label.list"]) for n in (5, 10, 20)}
     assert sizes == {5: 91, 10: 182, 20: 363}
     assert set(lists["train_5pct_label.list"]) < set(lists["train_10pct_label.list"])
-    spec = get_spec("isic")
-    if (spec.split_dir / "train.list").is_file():   # once generated from the real data and shipped
-        assert {n: len(read_list(spec.split_dir / f"train_{n}pct_label.list")) for n in (5, 10, 20)} == sizes
 
 
-def test_isic_without_shipped_lists_says_how_to_make_them(phantoms, tmp_path):
+def test_isic_shipped_lists_rederive_from_the_recorded_ids():
+    """The shipped lists hold exactly the 2594 training ids of the recorded checksum, and
+    the generator with the recorded seed reproduces every shipped file from them."""
+    d = get_spec("isic").split_dir
+    ids = read_list(d / "train.list") + read_list(d / "val.list") + read_list(d / "test.list")
+    assert len(ids) == len(set(ids)) == isic.N_IMAGES
+    assert isic.ids_sha256(ids) == isic.IDS_SHA256
+    assert min(ids) == "ISIC_0000000" and max(ids) == "ISIC_0016072"
+    lists = isic.split_lists(ids)
+    assert sorted(p.name for p in d.glob("*.list")) == sorted(lists)
+    for name, entries in lists.items():
+        assert read_list(d / name) == entries, name
+    assert {n: len(lists[f"train_{n}pct_label.list"]) for n in (5, 10, 20)} == {5: 91, 10: 182, 20: 363}
+
+
+def test_isic_split_generation_refuses_an_incomplete_or_other_copy(phantoms, tmp_path, monkeypatch):
     raw = phantoms["isic"] / "ph" / "raw"
     with pytest.raises(DataError, match="expected the 2594"):
         isic.shipped_lists(raw)
-    if not (get_spec("isic").split_dir / "train.list").is_file():
-        with pytest.raises(DataError, match="crossmatch splits --dataset isic"):
-            preprocess("isic", raw, tmp_path / "out")
+    # 2594 images, but not the Task 1 training ids (another archive): named, not silently split
+    other = [f"ISIC_{i:07d}" for i in range(isic.N_IMAGES)]
+    monkeypatch.setattr(isic, "case_ids", lambda raw: other)
+    with pytest.raises(DataError, match="not those of the ISIC 2018 Task 1 training set"):
+        isic.shipped_lists(raw)
 
 
 def test_config_defaults_for_the_new_datasets():

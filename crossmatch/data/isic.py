@@ -21,15 +21,22 @@ first) and ``label`` H x W in ``volumes/ISIC_<id>.h5``, without spacing (the
 resize makes pixels anisotropic and dermoscopy has no common scale): mm
 distances are NaN, pixel distances are reported.
 
-Split lists (``config/splits/isic/``): 70 / 10 / 20 % train / val / test
-and 5 / 10 / 20 % of train labeled (nested), from seeded permutations
-(``SPLIT_SEED``) of the sorted image ids (``split_lists``). No public copy
-of the full id list was found, so the lists are written from the ids on
-disk, once, by ``python -m crossmatch splits --dataset isic --raw <raw>``;
-with the complete set of 2594 images every user gets the same lists.
+Split lists (``config/splits/isic/``, shipped): 70 / 10 / 20 % train / val /
+test and 5 / 10 / 20 % of train labeled (nested), from seeded permutations
+(``SPLIT_SEED``) of the sorted image ids (``split_lists``). The 2594 ids
+(ISIC_0000000 .. ISIC_0016072) were taken from the public per-image
+annotation table of the Task 1/2 training images,
+``artefacts-annotation/isic_bias.csv`` of github.com/alceubissoto/debiasing-skin
+(commit 841cc17, 2594 rows, index 0..2593 without gaps), extracted twice
+independently with identical results; ``IDS_SHA256`` is the checksum of
+that sorted list (one id per line) and a test re-derives every shipped
+file from it. ``python -m crossmatch splits --dataset isic --raw <raw>``
+writes the same lists from the images on disk, and refuses a copy whose
+ids differ from the shipped ones.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -48,6 +55,8 @@ N_IMAGES = 2594
 FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 SPLIT_SEED = 2026
 ID = re.compile(r"ISIC_\d{7}")
+# sha256 of the 2594 sorted training ids, one per line (see the module docstring)
+IDS_SHA256 = "b6a11fa50b1cf0363160258b5cac96ccae382ea524e34434c3212d1fbb1e4775"
 PREPROCESSING = (f"RGB resized to {SIZE[0]}x{SIZE[1]} (bilinear), scaled to [0, 1], stored H x W x 3; "
                  "mask resized nearest, 255 -> 1")
 
@@ -121,4 +130,14 @@ def shipped_lists(raw: Path | None) -> dict[str, list[str]]:
         raise DataError(f"isic: {len(ids)} images under {Path(raw) / IMAGE_DIR}, expected the "
                         f"{N_IMAGES} of ISIC 2018 Task 1 training; the shared lists must come from "
                         "the complete set")
+    if ids_sha256(ids) != IDS_SHA256:
+        raise DataError(f"isic: the {N_IMAGES} image ids under {Path(raw) / IMAGE_DIR} are not those of "
+                        f"the ISIC 2018 Task 1 training set the shipped lists were made from "
+                        f"(sha256 {ids_sha256(ids)[:12]}..., expected {IDS_SHA256[:12]}...); is this "
+                        "another year's or split's archive?")
     return split_lists(ids)
+
+
+def ids_sha256(ids: list[str]) -> str:
+    """Checksum of a set of image ids: sha256 of the sorted ids, one per line."""
+    return hashlib.sha256("".join(f"{i}\n" for i in sorted(set(ids))).encode()).hexdigest()
