@@ -77,3 +77,23 @@ def test_config_default_upsampling_is_the_references():
     assert config.load(None)["model"]["upsample"] == "transpose"
     with pytest.raises(ConfigError, match="model.upsample"):
         config.load(None, ["model.upsample=nearest"])
+
+
+def test_vnet_decoder_dropout_as_the_reference():
+    """UA-MT / CrossMatch-LA V-Net: Dropout3d(0.5) on the last decoder stage in plain
+    training passes, not in the stacked perturbation streams, never in eval mode."""
+    from crossmatch.models.vnet3d import VNet3d
+    torch.manual_seed(0)
+    net = VNet3d(1, 2, encoder_dropout=0.0)   # isolate the decoder's dropout
+    x = torch.randn(2, 1, 16, 16, 16)
+    net.train()
+    logits, stages = net(x, features=True)
+    dropped = stages[-1].flatten(2).abs().sum(-1) == 0       # whole channels zeroed
+    assert 0 < dropped.sum() < dropped.numel()
+    feats = net.encoder(x)
+    assert torch.equal(net.decoder(feats, drop=False), net.decoder(feats, drop=False))
+    net.decoder.dropout.p = 0.0
+    assert torch.allclose(net.decoder(feats), net.decoder(feats, drop=False))
+    net.decoder.dropout.p = 0.5
+    net.eval()
+    assert torch.equal(net(x), net(x))

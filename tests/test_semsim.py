@@ -226,3 +226,21 @@ def test_acdc_short_real_run_writes_metrics(roots, tmp_path):
     assert len(rows) == 6 and rows["dice"].between(0, 1).all()
     log = pd.read_csv(run / "log.csv")
     assert len(log) == 4 and log["loss"].notna().all() and log["intra"].notna().all()
+
+
+def test_uncertainty_weight_ignores_classes_absent_from_the_labeled_batch():
+    """A class no labeled pixel shows gets the query logit ABSENT; the teacher's (never
+    zero) softmax mass on it must not zero the weight: the KL runs over the present
+    classes with the teacher renormalised over them."""
+    from crossmatch.methods.semsim import ABSENT
+    present = torch.tensor([True, True, False, True])
+    logits = torch.tensor([2.0, 0.5, ABSENT, -1.0]).view(1, 4, 1, 1)
+    log_q = torch.log_softmax(logits, 1)
+    q_present = log_q.exp()[0, [0, 1, 3], 0, 0]
+    teacher = torch.tensor([0.0, 0.0, 1e-3, 0.0]).view(1, 4, 1, 1)
+    teacher[0, [0, 1, 3], 0, 0] = q_present * (1 - 1e-3)      # agrees with the query on present classes
+    assert uncertainty_weight(log_q, teacher, r=1000).item() < 1e-6          # without the mask: poisoned
+    assert uncertainty_weight(log_q, teacher, r=1000, present=present).item() == pytest.approx(1.0, abs=1e-4)
+    # and it still falls as the distributions diverge over the present classes
+    other = torch.tensor([0.2, 0.7, 1e-3, 0.099]).view(1, 4, 1, 1)
+    assert uncertainty_weight(log_q, other, r=10, present=present).item() < 0.5

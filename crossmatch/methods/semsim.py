@@ -156,9 +156,20 @@ def query_logits(feats: torch.Tensor, protos: torch.Tensor, present: torch.Tenso
     return logits.view(*logits.shape[:2], *size)
 
 
-def uncertainty_weight(log_query: torch.Tensor, teacher: torch.Tensor, r: float) -> torch.Tensor:
+def uncertainty_weight(log_query: torch.Tensor, teacher: torch.Tensor, r: float,
+                       present: torch.Tensor | None = None) -> torch.Tensor:
     """exp(-r KL(teacher || query)) per pixel (class axis 1): 1 where the two
-    distributions agree, towards 0 as they diverge."""
+    distributions agree, towards 0 as they diverge.
+
+    The KL runs over the classes the prototypes know (``present``), with the
+    teacher renormalised over them: the query gives an absent class the logit
+    ``ABSENT``, so any teacher mass on it (softmax mass is never 0) would
+    otherwise add ~1e4 x that mass and zero the weight of every pixel of the
+    batch whenever one class is missing from the labeled slices."""
+    if present is not None:
+        mask = present.view(1, -1, *([1] * (teacher.dim() - 2))).to(teacher.dtype)
+        teacher = teacher * mask
+        teacher = teacher / teacher.sum(1, keepdim=True).clamp(min=1e-12)
     kl = (torch.xlogy(teacher, teacher) - teacher * log_query).sum(1)
     return torch.exp(-r * kl.clamp(min=0))
 
@@ -172,7 +183,7 @@ def cross_loss(logits: torch.Tensor, target: torch.Tensor, conf: torch.Tensor, t
     pixels, it is not a quantity to optimise. Returns (loss, weights)."""
     log_q = F.log_softmax(logits.float(), 1)
     ce = -log_q.gather(1, target[:, None].long())[:, 0]
-    w = uncertainty_weight(log_q.detach(), teacher, r)
+    w = uncertainty_weight(log_q.detach(), teacher, r, present)
     valid = (conf >= tau) & present[target.long()]
     return (w * ce * valid).sum() / valid.sum().clamp(min=1), w
 

@@ -6,8 +6,9 @@ Networks: the student is the V-Net plus two method-owned heads on its last
 decoder stage (16 channels at full resolution): an SDM head (1x1x1 conv +
 tanh, as DTC) and a per-voxel projection head. The teacher is an EMA copy of
 all three (``extra["teacher"]``); it stays in train mode, as UA-MT's, so its
-bottleneck dropout draws a mask independent of the student's: student and
-teacher outputs are SimCVD's two dropout views of one input.
+dropout (bottleneck and last decoder stage, the features the heads read)
+draws masks independent of the student's: student and teacher outputs are
+SimCVD's two dropout views of one input.
 
 One step, labeled x (with label y) and unlabeled u, both streams batched:
   teacher (no grad): [x; u] + clipped Gaussian noise -> logits, features, SDM;

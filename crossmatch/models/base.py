@@ -19,6 +19,9 @@ class EncoderDecoder(nn.Module):
     once, and decodes ``[a; b; weak_drop(b); strong_drop(b)]`` in one decoder
     call; it returns the four logit tensors ``(pred_a, pred_b, pred_b_weak,
     pred_b_strong)``. ``split=0`` perturbs the whole batch (``pred_a`` empty).
+    Decoders take ``drop`` (default True): their own dropout, where the
+    network has one (the V-Net's last stage), is skipped for the stacked
+    perturbation streams, as in the reference code.
     ``forward(x, features=True)`` returns ``(logits, stages)``: the decoder's
     stage outputs, deepest first; the last one is what the output conv sees
     (the other methods' extra heads and feature losses use them).

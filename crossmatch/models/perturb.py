@@ -75,14 +75,16 @@ def decode_streams(decoder: nn.Module, feats: list[torch.Tensor], sizes: Sequenc
 
     ``sizes`` are the stream batch sizes in the order they are stacked. With
     ``stack=False`` each stream is decoded in its own call: the looped
-    baseline of the speed benchmark. The results are equal in eval mode; in
+    baseline of the speed benchmark. The streams are decoded without the
+    decoder's own dropout (``drop=False``, the reference's ``no_drop``): the
+    feature dropout above is their perturbation. The results are equal in eval mode; in
     training mode batch norm then normalises each stream by its own
     statistics instead of the stacked batch's.
     """
     if stack:
-        return list(decoder(feats).split(list(sizes)))
+        return list(decoder(feats, drop=False).split(list(sizes)))
     outs, start = [], 0
     for n in sizes:
-        outs.append(decoder([f[start:start + n] for f in feats]))
+        outs.append(decoder([f[start:start + n] for f in feats], drop=False))
         start += n
     return outs

@@ -75,7 +75,8 @@ class Decoder2d(nn.Module):
                                  for i in range(len(ft) - 1, 0, -1))
         self.out = nn.Conv2d(ft[0], n_classes, 3, padding=1)
 
-    def forward(self, feats: list[torch.Tensor], return_features: bool = False):
+    def forward(self, feats: list[torch.Tensor], return_features: bool = False, drop: bool = True):
+        # ``drop`` is the decoder-dropout switch of the shared contract; this UNet has none
         x, stages = feats[-1], []
         for up, skip in zip(self.ups, reversed(feats[:-1])):
             x = up(x, skip)

@@ -1,4 +1,12 @@
-"""3D V-Net of UA-MT (16 base channels, dropout on the bottleneck)."""
+"""3D V-Net of UA-MT / the CrossMatch LA code (16 base channels).
+
+Dropout3d(0.5) as in those references (``has_dropout=True`` in training): on
+the bottleneck, and on the last decoder stage before the output convolution.
+The decoder dropout is skipped for CrossMatch's batch-stacked perturbation
+streams (the reference decodes them with ``no_drop=True``), so it acts on
+plain forward passes in training mode only (supervised, SimCVD's two dropout
+views); ``model.eval()`` turns both off for inference.
+"""
 from __future__ import annotations
 
 import torch
@@ -46,18 +54,21 @@ class Encoder3d(nn.Module):
 
 
 class Decoder3d(nn.Module):
-    def __init__(self, nf: int, n_classes: int):
+    def __init__(self, nf: int, n_classes: int, dropout: float = 0.5):
         super().__init__()
+        self.dropout = nn.Dropout3d(dropout)
         self.ups = nn.ModuleList([up(nf * 2 ** (i + 1), nf * 2 ** i) for i in range(3, -1, -1)])
         self.blocks = nn.ModuleList([conv_stack(3, 8 * nf, 8 * nf), conv_stack(3, 4 * nf, 4 * nf),
                                      conv_stack(2, 2 * nf, 2 * nf), conv_stack(1, nf, nf)])
         self.out = nn.Conv3d(nf, n_classes, 1)
 
-    def forward(self, feats: list[torch.Tensor], return_features: bool = False):
+    def forward(self, feats: list[torch.Tensor], return_features: bool = False, drop: bool = True):
         x, stages = feats[-1], []
         for upsample, block, skip in zip(self.ups, self.blocks, reversed(feats[:-1])):
             x = block(upsample(x) + skip)  # V-Net sums the skip, UNet concatenates it
             stages.append(x)
+        if drop:  # the last stage, as the output conv sees it (nn.Dropout3d: training mode only)
+            x = stages[-1] = self.dropout(x)
         return (self.out(x), stages) if return_features else self.out(x)
 
 
@@ -65,7 +76,7 @@ class VNet3d(EncoderDecoder):
     """V-Net for N x C x D x H x W inputs (each spatial size divisible by 16)."""
 
     def __init__(self, in_channels: int = 1, n_classes: int = 2, base_filters: int = 16,
-                 encoder_dropout: float = 0.5, **fp):
+                 encoder_dropout: float = 0.5, decoder_dropout: float = 0.5, **fp):
         super().__init__(**fp)
         self.encoder = Encoder3d(in_channels, base_filters, encoder_dropout)
-        self.decoder = Decoder3d(base_filters, n_classes)
+        self.decoder = Decoder3d(base_filters, n_classes, decoder_dropout)
