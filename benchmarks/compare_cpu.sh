@@ -15,8 +15,10 @@ SEEDS=${SEEDS:-0}
 METHODS=${METHODS:-"supervised crossmatch"}
 RUNS=${RUNS:-results/runs/acdc_l3_cpu}
 OUT=${OUT:-benchmarks/results/$(basename "$RUNS").json}
-root=$(crossmatch train --config "$CONFIG" --print-config | sed -n "s/^  root: //p")
-[ -f "$root/manifest.json" ] || crossmatch preprocess --config "$CONFIG"
+# shellcheck disable=SC2086
+root=$(crossmatch train --config "$CONFIG" ${EXTRA:-} --print-config | sed -n "s/^  root: //p")
+# shellcheck disable=SC2086
+[ -f "$root/manifest.json" ] || crossmatch preprocess --config "$CONFIG" ${EXTRA:-}
 for seed in $SEEDS; do
   for method in $METHODS; do
     run=$RUNS/$method/s$seed
@@ -24,7 +26,7 @@ for seed in $SEEDS; do
     # shellcheck disable=SC2086  # EXTRA* are lists of --set options
     crossmatch train --config "$CONFIG" --set method.name="$method" --set train.seed="$seed" \
       ${THREADS:+--set train.threads=$THREADS} ${EXTRA:-} ${!extra_var:-} --out "$run"
-    crossmatch evaluate --run "$run" --no-predictions
+    crossmatch evaluate --run "$run" --no-predictions ${THREADS:+--threads $THREADS}
   done
 done
 python benchmarks/summarise_runs.py "$RUNS" --out "$OUT"

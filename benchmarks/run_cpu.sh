@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# CPU step benchmarks of the README (2 threads; about 20 minutes on 2 cores).
+# CPU step benchmarks of the README (2 threads; about 30 minutes on 2 cores).
 # Under glibc's default allocator and with mmap off (the two settings the
 # reference was measured under): supervised vs CrossMatch. Under our
-# trainer's default (in-process allocator tuning): every variant.
+# trainer's default (in-process allocator tuning): every variant, and the
+# bare network at the stacked decoder's batch (4 x 12) to show how the
+# per-sample cost scales with the batch on this CPU.
+#   PART=methods bash benchmarks/run_cpu.sh     # only the SemSim / SimCVD / network rows (~8 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B="python benchmarks/step_benchmark.py"
-$B --dataset acdc --allocators default no_mmap --variants supervised crossmatch --out benchmarks/results/cpu_acdc_env.json
-$B --dataset acdc --allocators tuned --out benchmarks/results/cpu_acdc_tuned.json
-$B --dataset la --warmup 2 --iters 2 --allocators default no_mmap --variants supervised crossmatch --out benchmarks/results/cpu_la_env.json
-$B --dataset la --warmup 2 --iters 2 --allocators tuned --out benchmarks/results/cpu_la_tuned.json
+R=benchmarks/results
+if [ "${PART:-all}" = all ]; then
+  $B --dataset acdc --allocators default no_mmap --variants supervised crossmatch --out $R/cpu_acdc_env.json
+  $B --dataset acdc --allocators tuned --variants supervised crossmatch crossmatch_one_backward crossmatch_looped \
+    --out $R/cpu_acdc_tuned.json
+  $B --dataset la --warmup 2 --iters 2 --allocators default no_mmap --variants supervised crossmatch --out $R/cpu_la_env.json
+  $B --dataset la --warmup 2 --iters 2 --allocators tuned --variants supervised crossmatch crossmatch_one_backward \
+    crossmatch_looped --out $R/cpu_la_tuned.json
+fi
+$B --dataset acdc --allocators tuned --variants network supervised semsim --out $R/cpu_acdc_methods.json
+$B --dataset acdc --allocators tuned --variants network --batch 48 --out $R/cpu_acdc_network_b48.json
+$B --dataset la --warmup 2 --iters 2 --allocators tuned --variants network supervised simcvd --out $R/cpu_la_methods.json

@@ -40,6 +40,8 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "stack_streams": (True, "decode perturbed streams in one stacked batch (false: loop)"),
         "upsample": ("transpose", "2D UNet decoder upsampling: transpose (ConvTranspose2d, as SSL4MIS/"
                                   "UniMatch/CrossMatch) | bilinear (1x1 conv + bilinear; runs without this key)"),
+        "decoder_dropout": (0.5, "3D V-Net: Dropout3d p on the last decoder stage in plain training passes, "
+                                 "as UA-MT / CrossMatch-LA (0: off, as runs without this key)"),
     },
     "train": {
         "iterations": (30000, "training iterations"),
@@ -173,6 +175,8 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     if cfg["model"]["dropout_type"] not in DROPOUT_TYPES:
         raise ConfigError(f"model.dropout_type must be one of {DROPOUT_TYPES}, "
                           f"got {cfg['model']['dropout_type']!r}")
+    if not 0.0 <= cfg["model"]["decoder_dropout"] < 1.0:
+        raise ConfigError(f"model.decoder_dropout must be in [0, 1), got {cfg['model']['decoder_dropout']}")
     if cfg["model"]["upsample"] not in UPSAMPLE_MODES:
         raise ConfigError(f"model.upsample must be one of {UPSAMPLE_MODES}, got {cfg['model']['upsample']!r}")
     if spec.dim == 3:  # the sliding window is the training crop

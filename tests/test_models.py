@@ -81,19 +81,33 @@ def test_config_default_upsampling_is_the_references():
 
 def test_vnet_decoder_dropout_as_the_reference():
     """UA-MT / CrossMatch-LA V-Net: Dropout3d(0.5) on the last decoder stage in plain
-    training passes, not in the stacked perturbation streams, never in eval mode."""
+    training passes only: not in the perturbation streams (stacked or looped), not with
+    drop=False, never in eval mode; configs without the key build it off."""
+    from crossmatch.models import build_model
     from crossmatch.models.vnet3d import VNet3d
+
+    class Counting(torch.nn.Dropout3d):
+        calls = 0
+
+        def forward(self, x):
+            Counting.calls += 1
+            return super().forward(x)
+
     torch.manual_seed(0)
-    net = VNet3d(1, 2, encoder_dropout=0.0)   # isolate the decoder's dropout
     x = torch.randn(2, 1, 16, 16, 16)
-    net.train()
-    logits, stages = net(x, features=True)
-    dropped = stages[-1].flatten(2).abs().sum(-1) == 0       # whole channels zeroed
-    assert 0 < dropped.sum() < dropped.numel()
-    feats = net.encoder(x)
-    assert torch.equal(net.decoder(feats, drop=False), net.decoder(feats, drop=False))
-    net.decoder.dropout.p = 0.0
-    assert torch.allclose(net.decoder(feats), net.decoder(feats, drop=False))
-    net.decoder.dropout.p = 0.5
-    net.eval()
-    assert torch.equal(net(x), net(x))
+    for stack in (True, False):
+        net = VNet3d(1, 2, encoder_dropout=0.0, stack_streams=stack)
+        net.decoder.dropout = Counting(0.5)
+        net.train()
+        net(x, need_fp=True)
+        net(x, drop=False)
+        assert Counting.calls == 0
+        logits, stages = net(x, features=True)
+        assert Counting.calls == 1
+        dropped = stages[-1].flatten(2).abs().sum(-1) == 0       # whole channels zeroed
+        assert 0 < dropped.sum() < dropped.numel()
+        net.eval()
+        assert torch.equal(net(x), net(x))
+        Counting.calls = 0
+    assert build_model(3, 1, 2).decoder.dropout.p == 0.0                       # old run configs
+    assert build_model(3, 1, 2, decoder_dropout=0.5).decoder.dropout.p == 0.5

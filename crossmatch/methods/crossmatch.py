@@ -110,14 +110,14 @@ class CrossMatch(Method):
             if use_fp:
                 _, mix, mix_dw, mix_ds = (p.float().softmax(1) for p in model(u_mix, need_fp=True, split=0))
             else:
-                mix = model(u_mix).float().softmax(1)
+                mix = model(u_mix, drop=False).float().softmax(1)
             model.train()
 
         # 2. labeled + weak view
         terms: dict[str, torch.Tensor] = {}
         with ctx.autocast():
             xu = torch.cat((x, u))
-            out = model(xu, need_fp=True, split=len(x)) if use_fp else model(xu).split([len(x), n])
+            out = model(xu, need_fp=True, split=len(x)) if use_fp else model(xu, drop=False).split([len(x), n])
         pred_x, p_w = out[0], out[1]
         ce, dice_x = supervised_loss(pred_x, y, **dice)
         terms["sup"] = (ce + dice_x) / 2
@@ -147,7 +147,7 @@ class CrossMatch(Method):
                 out = model(torch.cat(strong), need_fp=True, split=split)
                 p_s = ([out[0]] if views == 2 else []) + [out[1]]
             else:
-                p_s = list(model(torch.cat(strong)).split(n))
+                p_s = list(model(torch.cat(strong), drop=False).split(n))
         for i, (pred, (conf, lab)) in enumerate(zip(p_s, mixed)):
             part[f"ip_s{i + 1}"] = masked_dice(pred, lab, conf, tau, **dice)
         if use_fp:

@@ -273,7 +273,7 @@ class SemSim(Method):
         terms: dict[str, torch.Tensor] = {}
         with ctx.autocast():
             feats = [torch.cat((f, self.fp_drop(f[nx:]))) for f in model.encoder(torch.cat((x, u)))]
-            logits, stages = model.decoder(feats, return_features=True)
+            logits, stages = model.decoder(feats, return_features=True, drop=False)  # a stacked stream batch
         pred_x, pred_w, pred_fp = logits.split([nx, n, n])
         ce, dice_x = supervised_loss(pred_x, y, **dice)
         terms["sup"] = (ce + dice_x) / 2

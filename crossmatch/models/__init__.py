@@ -12,18 +12,20 @@ __all__ = ["DROPOUT_TYPES", "FeatureDropout", "UPSAMPLE_MODES", "UNet2d", "VNet3
 
 def build_model(dim: int, in_channels: int, n_classes: int, dropout_type: str = "dropout",
                 fp_gap: float = 0.5, stack_streams: bool = True,
-                upsample: str = "bilinear") -> nn.Module:
+                upsample: str = "bilinear", decoder_dropout: float = 0.0) -> nn.Module:
     """The network of a ``dim``-D dataset (2 -> UNet, 3 -> V-Net).
 
     ``upsample`` is the 2D UNet's decoder upsampling (the V-Net always uses
     transposed convolutions). Its default here is ``bilinear`` only so that
     run configs written before the option existed (no ``model.upsample``
     key) rebuild the network they trained; new configs get the reference
-    ``transpose`` from ``crossmatch.config``.
+    ``transpose`` from ``crossmatch.config``. ``decoder_dropout`` (the V-Net's
+    last-stage dropout) defaults to 0 for the same reason: configs without
+    the key trained without it; new configs get the reference 0.5.
     """
     fp = dict(dropout_type=dropout_type, fp_gap=fp_gap, stack_streams=stack_streams)
     if dim == 2:
         return UNet2d(in_channels, n_classes, upsample=upsample, **fp)
     if dim == 3:
-        return VNet3d(in_channels, n_classes, **fp)
+        return VNet3d(in_channels, n_classes, decoder_dropout=decoder_dropout, **fp)
     raise ValueError(f"dim must be 2 or 3, got {dim}")

@@ -21,7 +21,9 @@ class EncoderDecoder(nn.Module):
     pred_b_strong)``. ``split=0`` perturbs the whole batch (``pred_a`` empty).
     Decoders take ``drop`` (default True): their own dropout, where the
     network has one (the V-Net's last stage), is skipped for the stacked
-    perturbation streams, as in the reference code.
+    perturbation streams, as in the reference code; ``forward(x, drop=False)``
+    skips it in a plain pass (CrossMatch with both streams off decodes its
+    passes as it would with them on).
     ``forward(x, features=True)`` returns ``(logits, stages)``: the decoder's
     stage outputs, deepest first; the last one is what the output conv sees
     (the other methods' extra heads and feature losses use them).
@@ -37,12 +39,12 @@ class EncoderDecoder(nn.Module):
         self.stack_streams = stack_streams
 
     def forward(self, x: torch.Tensor, need_fp: bool = False, split: int | None = None,
-                features: bool = False):
+                features: bool = False, drop: bool = True):
         feats = self.encoder(x)
         if features and need_fp:
             raise ValueError("features=True and need_fp=True cannot be combined")
         if not need_fp:
-            return self.decoder(feats, return_features=features)
+            return self.decoder(feats, return_features=features, drop=drop)
         n = x.shape[0]
         split = n // 2 if split is None else split
         if not 0 <= split <= n:

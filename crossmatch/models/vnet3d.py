@@ -3,9 +3,11 @@
 Dropout3d(0.5) as in those references (``has_dropout=True`` in training): on
 the bottleneck, and on the last decoder stage before the output convolution.
 The decoder dropout is skipped for CrossMatch's batch-stacked perturbation
-streams (the reference decodes them with ``no_drop=True``), so it acts on
-plain forward passes in training mode only (supervised, SimCVD's two dropout
-views); ``model.eval()`` turns both off for inference.
+streams (the reference decodes them with ``no_drop=True``) and for all of
+CrossMatch's passes (``drop=False``), so it acts on plain forward passes in
+training mode only (supervised, SimCVD's two dropout views);
+``model.eval()`` turns both off for inference. ``model.decoder_dropout``
+sets its p.
 """
 from __future__ import annotations
 
