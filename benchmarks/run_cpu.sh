@@ -5,7 +5,7 @@
 # trainer's default (in-process allocator tuning): every variant, and the
 # bare network at the stacked decoder's batch (4 x 12) to show how the
 # per-sample cost scales with the batch on this CPU.
-#   PART=methods bash benchmarks/run_cpu.sh     # only the SemSim / SimCVD / network rows (~8 min)
+#   PART=methods bash benchmarks/run_cpu.sh     # the rows added on 2026-12-01 (~8 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B="python benchmarks/step_benchmark.py"
@@ -19,5 +19,6 @@ if [ "${PART:-all}" = all ]; then
     crossmatch_looped --out $R/cpu_la_tuned.json
 fi
 $B --dataset acdc --allocators tuned --variants network supervised semsim --out $R/cpu_acdc_methods.json
+$B --dataset acdc --allocators tuned --variants crossmatch crossmatch_looped --out $R/cpu_acdc_stacking.json
 $B --dataset acdc --allocators tuned --variants network --batch 48 --out $R/cpu_acdc_network_b48.json
 $B --dataset la --warmup 2 --iters 2 --allocators tuned --variants network supervised simcvd --out $R/cpu_la_methods.json
