@@ -43,7 +43,6 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
-from medpy.metric import binary as mb
 
 EMPTY_POLICY: str = (
     "Empty-mask policy, applied per case and per foreground class: "
@@ -133,6 +132,9 @@ def case_metrics(
             raise ValueError(f"spacing has {len(spacing)} entries for a {pred.ndim}D array")
         if not all(math.isfinite(s) and s > 0 for s in spacing):
             raise ValueError(f"spacing must be finite and positive, got {spacing}")
+
+    # medpy pulls in scipy.stats (0.7 s): imported here, not by every training job
+    from medpy.metric import binary as mb
 
     diag_vox = _diagonal(pred.shape, None)
     diag_mm = _diagonal(pred.shape, spacing) if spacing is not None else math.nan

@@ -285,7 +285,7 @@ def test_summarise_rejects_inconsistent_rows():
         summarise([bad])
 
 
-def test_dice_is_medpys_and_validation_uses_it():
+def test_dice_is_medpys_and_validation_uses_it(monkeypatch):
     """One Dice for reporting and for checkpoint selection: equal to medpy's dc on
     random non-empty masks, and the empty-mask policy where medpy has none."""
     from medpy.metric import binary as mb
@@ -299,4 +299,15 @@ def test_dice_is_medpys_and_validation_uses_it():
         assert dice(p, g) == pytest.approx(float(mb.dc(p, g)), abs=1e-12)
     empty = np.zeros((4, 4), bool)
     assert dice(empty, empty) == 1.0 and dice(empty, ~empty) == 0.0
-    assert evaluate.dice is dice  # mean_dice (validation) scores with the reported Dice
+
+    # validation (mean_dice) scores with this Dice: the mean over cases of the
+    # mean foreground Dice (read_case hands the case name on as its "image")
+    rng = np.random.default_rng(1)
+    cases = {name: (rng.integers(0, 4, (3, 8, 8)), rng.integers(0, 4, (3, 8, 8))) for name in "ab"}
+    calls = []
+    monkeypatch.setattr(evaluate, "read_case", lambda path, n: (path, cases[path][1], None))
+    monkeypatch.setattr(evaluate, "predict_volume", lambda model, image, *args: cases[image][0])
+    monkeypatch.setattr(evaluate, "dice", lambda p, g: calls.append(1) or dice(p, g))
+    score = evaluate.mean_dice(None, type("Spec", (), {"n_classes": 4})(), {}, list(cases), None)
+    expected = np.mean([np.mean([mb.dc(pr == c, gt == c) for c in (1, 2, 3)]) for pr, gt in cases.values()])
+    assert score == pytest.approx(expected) and len(calls) == 6

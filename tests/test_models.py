@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -77,6 +79,15 @@ def test_config_default_upsampling_is_the_references():
     assert config.load(None)["model"]["upsample"] == "transpose"
     with pytest.raises(ConfigError, match="model.upsample"):
         config.load(None, ["model.upsample=nearest"])
+
+
+@pytest.mark.parametrize("p", ["1.0", "-0.1"])
+def test_config_rejects_decoder_dropout_outside_unit_interval(p):
+    from crossmatch import config
+    from crossmatch.errors import ConfigError
+    assert config.load(None)["model"]["decoder_dropout"] == 0.5
+    with pytest.raises(ConfigError, match=r"model.decoder_dropout must be in \[0, 1\), got " + re.escape(p)):
+        config.load(None, [f"model.decoder_dropout={p}"])
 
 
 def test_vnet_decoder_dropout_as_the_reference():

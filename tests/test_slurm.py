@@ -1,9 +1,10 @@
 """SLURM: the default config through workflow/profiles/slurm on a real
 single-node SLURM (installed with apt-get when missing, started and stopped by
 tests/slurm/run_slurm_test.sh), GPU requests of training and evaluation jobs
-checked in SLURM's own job records, tables compared with a local run.
+checked in SLURM's own job records, a cancelled and a preempted training job
+resumed and compared with uninterrupted local runs.
 
-Root only; about 10-15 min on 2 CPU cores. Set CROSSMATCH_SKIP_SLURM=1 to skip.
+Root only; about 5-10 min on 2 CPU cores. Set CROSSMATCH_SKIP_SLURM=1 to skip.
 """
 from __future__ import annotations
 
