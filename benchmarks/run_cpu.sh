@@ -4,8 +4,9 @@
 # reference was measured under): supervised vs CrossMatch. Under our
 # trainer's default (in-process allocator tuning): every variant, and the
 # bare network at the stacked decoder's batch (4 x 12) to show how the
-# per-sample cost scales with the batch on this CPU.
-#   PART=methods bash benchmarks/run_cpu.sh     # the rows added on 2026-12-01 (~8 min)
+# per-sample cost scales with the batch on this CPU. Every result also counts
+# the step's GFLOP, and each JSON records this machine's matmul GFLOP/s.
+#   PART=methods bash benchmarks/run_cpu.sh     # the rows added on 2026-12-01 (~10 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B="python benchmarks/step_benchmark.py"
@@ -22,3 +23,6 @@ $B --dataset acdc --allocators tuned --variants network supervised semsim --out 
 $B --dataset acdc --allocators tuned --variants crossmatch crossmatch_looped --out $R/cpu_acdc_stacking.json
 $B --dataset acdc --allocators tuned --variants network --batch 48 --out $R/cpu_acdc_network_b48.json
 $B --dataset la --warmup 2 --iters 2 --allocators tuned --variants network supervised simcvd --out $R/cpu_la_methods.json
+# the README's real-data training budget (4 + 4 + 4 at 128x128): the step alone, against the runs' s/iteration
+$B --dataset acdc --allocators tuned --variants network supervised crossmatch crossmatch_looped --batch 4 --crop 128 128 \
+  --out $R/cpu_acdc_readme_budget.json

@@ -18,7 +18,11 @@ Variants, all on the same network and the same labeled batch:
 Each (variant, allocator setting) runs in a fresh process so that the peak
 resident memory (ru_maxrss) belongs to that variant alone. The step is the
 method's ``training_step`` plus the optimiser step on random tensors of the
-reference batch shapes (data loading excluded). Results are written as JSON.
+reference batch shapes (data loading excluded). Each result also counts the
+step's arithmetic (GFLOP of convolutions and matmuls, forward and backward,
+with torch's FlopCounterMode), and the JSON records the machine's matmul
+rate with the same threads: their ratio tells a slow machine from slow code.
+Results are written as JSON.
 
   python benchmarks/step_benchmark.py --dataset acdc --out benchmarks/results/cpu_acdc.json
   python benchmarks/step_benchmark.py --dataset la --iters 2 --out benchmarks/results/cpu_la.json
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import resource
@@ -62,8 +67,9 @@ ALLOCATORS = {
 
 
 def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, device: str,
-            tune: bool, batch_size: int | None = None) -> dict:
+            tune: bool, batch_size: int | None = None, crop: list[int] | None = None) -> dict:
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from crossmatch.runtime import tune_allocator
     if tune:
@@ -76,7 +82,8 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
 
     torch.set_num_threads(threads)
     method_cfg, model_cfg = VARIANTS[variant]
-    shape = dict(SHAPES[dataset], **({"batch": batch_size} if batch_size else {}))
+    shape = dict(SHAPES[dataset])
+    shape.update({k: v for k, v in (("batch", batch_size), ("crop", crop)) if v})
     cfg = config.resolve({"dataset": {"name": dataset}, "method": method_cfg, "model": model_cfg,
                           "train": {"batch_size": shape["batch"], "crop": shape["crop"], "device": device}})
     spec = get_spec(dataset)
@@ -96,12 +103,9 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
         return torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
 
     gen = torch.Generator()
-    times = []
-    for i in range(warmup + iters):
+
+    def step(i: int) -> None:
         gen.manual_seed(i)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        tic = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         ctx = StepContext(i, dev, gen, lambda loss: scaler.scale(loss).backward(), autocast)
         if variant == "network":
@@ -113,19 +117,62 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
         scaler.step(opt)
         scaler.update()
         method.after_step(ctx)
+
+    times = []
+    for i in range(warmup + iters):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        step(i)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - tic)
+    # one more, untimed step counts the arithmetic (convolutions and matmuls,
+    # forward and backward): seconds alone cannot tell a slow machine from slow code
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _NoModuleTracker()
+    with counter:
+        step(warmup + iters)
+    gflop = counter.get_total_flops() / 1e9
     out = {"dataset": dataset, "variant": variant,
            "batch": {"network": f"{b}", "supervised": f"{b}", "simcvd": f"{b}+{b}"}.get(variant, f"{b}+{b}+{b}"),
            "crop": crop, "seconds_per_iter": statistics.median(times), "seconds_all": times,
+           "gflop_per_iter": gflop, "gflop_per_s": gflop / statistics.median(times),
            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
            "device": str(dev), "threads": threads}
     if dev.type == "cuda":
         out["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
         out["gpu"] = torch.cuda.get_device_name()
     return out
+
+
+class _NoModuleTracker:
+    """Stands in for FlopCounterMode's per-module tracker, whose backward
+    hooks fail on SemSim's step ("Expected gradient function to be set");
+    the total needs no module breakdown: every count goes to "Global"."""
+    parents = {"Global"}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def matmul_rate(threads: int, n: int = 2048, reps: int = 5) -> float:
+    """GFLOP/s of a large float32 matmul with ``threads`` threads: the
+    machine's practical ceiling, against which a step's GFLOP/s reads."""
+    import torch
+    torch.set_num_threads(threads)
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    a @ b
+    best = math.inf
+    for _ in range(reps):
+        tic = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - tic)
+    return 2 * n ** 3 / best / 1e9
 
 
 def _rings(b: int, crop: list[int], n_classes: int):
@@ -150,13 +197,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=None, help="batch size per stream (default: the "
                    "reference's, ACDC 12, LA 2)")
+    p.add_argument("--crop", type=int, nargs="+", default=None, help="patch size (default: the "
+                   "reference's, ACDC 256 256, LA 112 112 80)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path)
     p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.single:
         print(json.dumps(run_one(a.dataset, a.variants[0], a.iters, a.warmup, a.threads, a.device, a.tune,
-                                 a.batch)))
+                                 a.batch, a.crop)))
         return
     import torch
     results = []
@@ -171,7 +220,8 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--single", "--dataset", a.dataset, "--variants", variant,
                    "--iters", str(a.iters), "--warmup", str(a.warmup), "--threads", str(a.threads),
                    "--device", a.device] + (["--tune"] if tune else []) + \
-                (["--batch", str(a.batch)] if a.batch else [])
+                (["--batch", str(a.batch)] if a.batch else []) + \
+                (["--crop", *map(str, a.crop)] if a.crop else [])
             res = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if res.returncode:
                 sys.exit(f"{variant} ({alloc}) failed:\n{res.stderr[-3000:]}")
@@ -179,9 +229,11 @@ def main() -> None:
             r.update(allocator=alloc, allocator_env=alloc_env, tune_allocator=tune)
             results.append(r)
             print(f"{a.dataset:5s} {alloc:8s} {variant:24s} {r['seconds_per_iter']:7.2f} s/it  "
+                  f"{r['gflop_per_iter']:7.1f} GFLOP ({r['gflop_per_s']:5.1f} GFLOP/s)  "
                   f"peak RSS {r['peak_rss_gib']:5.2f} GiB", flush=True)
     doc = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                       "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
+                       "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+                       "matmul_gflop_per_s": matmul_rate(a.threads) if a.device == "cpu" else None},
            "iters": a.iters, "warmup": a.warmup, "results": results}
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ per method also mean ± std over seeds).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 from pathlib import Path
@@ -14,6 +15,18 @@ from pathlib import Path
 
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
+
+
+def median_step_seconds(log_csv: Path) -> float | None:
+    """Median time of one iteration from the run's log (cumulative ``seconds``):
+    unlike the mean (``seconds_per_iteration``) it leaves out validation and
+    checkpoint iterations, and short stretches when another job shared the CPU."""
+    if not log_csv.is_file():
+        return None
+    with log_csv.open() as f:
+        seconds = [float(r["seconds"]) for r in csv.DictReader(f)]
+    steps = [b - a for a, b in zip(seconds, seconds[1:])]
+    return statistics.median(steps) if steps else None
 
 
 def main() -> None:
@@ -31,17 +44,20 @@ def main() -> None:
                      "hd95_vox": s["mean"]["hd95_vox"]["mean"], "asd_vox": s["mean"]["asd_vox"]["mean"],
                      "train_minutes": s.get("train_seconds", 0) / 60,
                      "seconds_per_iteration": s.get("seconds_per_iteration"),
+                     "median_step_seconds": median_step_seconds(path.parents[2] / "log.csv"),
                      "n_test_cases": s["n_test_cases"]})
     if not rows:
         raise SystemExit(f"no evaluated runs under {a.runs}")
     names = list(rows[0]["per_class_dice"])
     print("| method | seed | checkpoint | mean Dice | " + " | ".join(names) +
-          " | HD95 (vox) | s/iteration | training (min) |")
-    print("|---" * (8 + len(names)) + "|")
+          " | HD95 (vox) | s/iteration | median step (s) | training (min) |")
+    print("|---" * (9 + len(names)) + "|")
     for r in rows:
         print(f"| {r['method']} | {r['seed']} | {r['checkpoint']} (it {r['iteration']}) | {pct(r['dice'])} | "
               + " | ".join(pct(r["per_class_dice"][n]) for n in names)
-              + f" | {r['hd95_vox']:.1f} | {r['seconds_per_iteration']:.2f} | {r['train_minutes']:.1f} |")
+              + f" | {r['hd95_vox']:.1f} | {r['seconds_per_iteration']:.2f} | "
+              + ("-" if r["median_step_seconds"] is None else f"{r['median_step_seconds']:.2f}")
+              + f" | {r['train_minutes']:.1f} |")
     summary = {}
     for method in dict.fromkeys(r["method"] for r in rows):
         for ckpt in ("final", "best"):

@@ -1,4 +1,5 @@
-"""The step benchmark runs every variant it reports (batch 1, one timed step)."""
+"""The step benchmark runs every variant it reports (batch 1, one timed step)
+and counts each step's arithmetic."""
 from __future__ import annotations
 
 import json
@@ -7,16 +8,63 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from crossmatch.models.unet2d import UNet2d
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_benchmark.py"
 
 
 @pytest.mark.parametrize("variant", ["network", "supervised", "crossmatch", "crossmatch_looped", "semsim"])
 def test_step_benchmark_variant_reports_a_timed_step(variant, tmp_path):
-    out = subprocess.run([sys.executable, str(SCRIPT), "--single", "--dataset", "acdc", "--variants", variant,
-                          "--batch", "1", "--iters", "1", "--warmup", "0", "--threads", "1"],
-                         capture_output=True, text=True, check=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = _single(variant)
     assert r["variant"] == variant and r["crop"] == [256, 256]
     assert r["batch"] == ("1" if variant in ("network", "supervised") else "1+1+1")
     assert len(r["seconds_all"]) == 1 and r["seconds_per_iter"] > 0 and r["peak_rss_gib"] > 0
+    assert r["gflop_per_iter"] > 0 and r["gflop_per_s"] == pytest.approx(r["gflop_per_iter"] / r["seconds_per_iter"])
+
+
+def _single(variant: str, batch: int = 1, crop: tuple[int, ...] = ()) -> dict:
+    out = subprocess.run([sys.executable, str(SCRIPT), "--single", "--dataset", "acdc", "--variants", variant,
+                          "--batch", str(batch), "--iters", "1", "--warmup", "0", "--threads", "1"]
+                         + (["--crop", *map(str, crop)] if crop else []),
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_flop_count_scales_with_the_batch_and_shows_what_stacking_costs():
+    """The README reads GFLOP/s to tell machine speed from code speed. The
+    count is linear in the batch and the pixels (a convolutional network), and
+    stacked CrossMatch does exactly one decoder backward more than looped:
+    pass 2's clean weak-view stream is detached (the teacher), so looped
+    autograd skips its decoder, while the stacked batch back-propagates
+    zeros through it."""
+    one, two = _single("network", 1, (64, 64)), _single("network", 2, (64, 64))
+    assert two["crop"] == [64, 64]
+    assert two["gflop_per_iter"] == pytest.approx(2 * one["gflop_per_iter"], rel=1e-9)
+    four_pixels = _single("network", 1, (128, 128))
+    assert four_pixels["gflop_per_iter"] == pytest.approx(4 * one["gflop_per_iter"], rel=1e-9)
+
+    model = UNet2d()
+    feats = [f.detach().requires_grad_() for f in model.encoder(torch.rand(1, 1, 64, 64))]
+    out = model.decoder(feats)
+    with FlopCounterMode(display=False) as counter:
+        out.sum().backward()
+    decoder_backward = counter.get_total_flops() / 1e9
+    stacked, looped = _single("crossmatch", 1, (64, 64)), _single("crossmatch_looped", 1, (64, 64))
+    assert stacked["gflop_per_iter"] - looped["gflop_per_iter"] == pytest.approx(decoder_backward, rel=1e-9)
+
+
+def test_median_step_seconds_leaves_out_validation_iterations(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from summarise_runs import median_step_seconds
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    log = tmp_path / "log.csv"
+    # cumulative seconds: 1 s steps, and a 30 s validation at iteration 4
+    log.write_text("iteration,loss,seconds,val_dice\n1,0.9,1.0,\n2,0.8,2.0,\n3,0.7,3.0,\n4,0.6,34.0,0.5\n"
+                   "5,0.5,35.0,\n6,0.4,36.0,\n")
+    assert median_step_seconds(log) == 1.0
+    assert median_step_seconds(tmp_path / "absent.csv") is None
