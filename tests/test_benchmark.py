@@ -38,8 +38,8 @@ def test_flop_count_scales_with_the_batch_and_shows_what_stacking_costs():
     count is linear in the batch and the pixels (a convolutional network), and
     stacked CrossMatch does exactly one decoder backward more than looped:
     pass 2's clean weak-view stream is detached (the teacher), so looped
-    autograd skips its decoder, while the stacked batch back-propagates
-    zeros through it."""
+    autograd skips its decoder, while in the stacked batch it shares the
+    batch-norm statistics of the other streams, so gradient reaches it."""
     one, two = _single("network", 1, (64, 64)), _single("network", 2, (64, 64))
     assert two["crop"] == [64, 64]
     assert two["gflop_per_iter"] == pytest.approx(2 * one["gflop_per_iter"], rel=1e-9)
