@@ -6,7 +6,7 @@
 # bare network at the stacked decoder's batch (4 x 12) to show how the
 # per-sample cost scales with the batch on this CPU. Every result also counts
 # the step's GFLOP, and each JSON records this machine's matmul GFLOP/s.
-#   PART=methods bash benchmarks/run_cpu.sh     # the rows added on 2026-12-01 (~10 min)
+#   PART=methods bash benchmarks/run_cpu.sh     # the README's first Benchmarks table (~13 min, measured)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B="python benchmarks/step_benchmark.py"

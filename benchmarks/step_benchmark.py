@@ -135,10 +135,11 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
     with counter:
         step(warmup + iters)
     gflop = counter.get_total_flops() / 1e9
+    seconds = statistics.median(times)
     out = {"dataset": dataset, "variant": variant,
            "batch": {"network": f"{b}", "supervised": f"{b}", "simcvd": f"{b}+{b}"}.get(variant, f"{b}+{b}+{b}"),
-           "crop": crop, "seconds_per_iter": statistics.median(times), "seconds_all": times,
-           "gflop_per_iter": gflop, "gflop_per_s": gflop / statistics.median(times),
+           "crop": crop, "seconds_per_iter": seconds, "seconds_all": times,
+           "gflop_per_iter": gflop, "gflop_per_s": gflop / seconds,
            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
            "device": str(dev), "threads": threads}
     if dev.type == "cuda":
