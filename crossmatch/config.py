@@ -38,8 +38,9 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "dropout_type": ("dropout", "feature perturbation: dropout | alpha | feature_alpha"),
         "fp_gap": (0.5, "weak/strong feature dropout p = 0.5 -/+ gap/2"),
         "stack_streams": (True, "decode perturbed streams in one stacked batch (false: loop)"),
-        "upsample": ("transpose", "2D UNet decoder upsampling: transpose (ConvTranspose2d, as SSL4MIS/"
-                                  "UniMatch/CrossMatch) | bilinear (1x1 conv + bilinear; runs without this key)"),
+        "upsample": ("bilinear", "2D UNet decoder upsampling: bilinear (1x1 conv + bilinear x2, the network "
+                                 "the SSL4MIS/UniMatch/CrossMatch code trains) | transpose (ConvTranspose2d, "
+                                 "not the references' network)"),
         "decoder_dropout": (0.5, "3D V-Net: Dropout3d p on the last decoder stage in plain training passes, "
                                  "as UA-MT / CrossMatch-LA (0: off, as runs without this key)"),
     },

@@ -66,7 +66,7 @@ def test_unet_upsampling_modes(upsample):
     assert model(x).shape == (4, 4, 32, 48)
     has_transpose = any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules())
     assert has_transpose == (upsample == "transpose")
-    # the references' UNet (bilinear: False): 1,944,324 parameters for 1 -> 4 classes
+    # the references' UNet (bilinear upsampling): 1,813,764 parameters for 1 -> 4 classes; transpose 1,944,324
     n = sum(p.numel() for p in model.parameters())
     assert n == (1944324 if upsample == "transpose" else 1813764)
     with pytest.raises(ValueError, match="upsample"):
@@ -76,7 +76,7 @@ def test_unet_upsampling_modes(upsample):
 def test_config_default_upsampling_is_the_references():
     from crossmatch import config
     from crossmatch.errors import ConfigError
-    assert config.load(None)["model"]["upsample"] == "transpose"
+    assert config.load(None)["model"]["upsample"] == "bilinear"  # the reference's network
     with pytest.raises(ConfigError, match="model.upsample"):
         config.load(None, ["model.upsample=nearest"])
 

@@ -8,8 +8,14 @@ features. All decoder streams of one forward pass are batch-stacked
 where the teacher's confidence is below ``tau``.
 
 One step (DESIGN section 4):
-  1. no grad, eval mode: predictions on the CutMix source batch (dn, dw, ds),
-     to fill the mixed regions of the pseudo-labels;
+  1. no grad: predictions on the CutMix source batch (dn, dw, ds), to fill
+     the mixed regions of the pseudo-labels. ``source_pass: eval`` (default):
+     one pass in eval mode (running batch-norm statistics, no encoder
+     dropout; the feature dropout of dw/ds stays on). ``source_pass: train``
+     is the reference code's (its ``model.eval()`` is commented out): two
+     passes in train mode, ``model(u_mix)`` for dn and
+     ``model([x; u_mix], need_fp)`` for dw/ds, with batch statistics, encoder
+     dropout and two more running-statistics updates per step;
   2. ``model([x, u_w], need_fp)`` -> sup on x, teacher p_w, and p_w^dw, p_w^ds;
   3. ``model([u_s1, u_s2], need_fp)`` -> p_s1, p_s2, p_s2^dw, p_s2^ds.
 Every target is a detached hard label, so the total loss is a sum of a part
@@ -31,6 +37,7 @@ from .base import Method, StepContext, register
 
 LOSS_FORMS = ("reference", "paper")
 TAU_SCHEDULES = ("constant", "reference_ramp")
+SOURCE_PASSES = ("eval", "train")
 
 
 def reference_ramp(tau: float, iteration: int, length: int) -> float:
@@ -55,6 +62,7 @@ class CrossMatch(Method):
         "loss_form": "reference",  # reference: (sup + .25 s1 + .25 s2 + w_kd kd) / 2; paper: sup + ip + kd
         "split_backward": True,  # back-propagate pass 2 before pass 3 (same gradient, ~half the memory)
         "tau_schedule": "constant",  # constant | reference_ramp (LA reference code, ramp over ramp_length)
+        "source_pass": "eval",  # eval | train (the reference's CutMix-source passes, see the module doc)
         "ramp_length": 17000,
     }
     # the 3D settings of the LA reference code; Pancreas-CT (3D, no reference) takes them too
@@ -71,6 +79,8 @@ class CrossMatch(Method):
             raise ConfigError(f"method.strong_views must be 1 or 2, got {hp['strong_views']}")
         if hp["tau_schedule"] not in TAU_SCHEDULES:
             raise ConfigError(f"method.tau_schedule must be one of {TAU_SCHEDULES}, got {hp['tau_schedule']!r}")
+        if hp["source_pass"] not in SOURCE_PASSES:
+            raise ConfigError(f"method.source_pass must be one of {SOURCE_PASSES}, got {hp['source_pass']!r}")
         if hp["loss_form"] not in LOSS_FORMS:
             raise ConfigError(f"method.loss_form must be one of {LOSS_FORMS}, got {hp['loss_form']!r}")
 
@@ -104,14 +114,20 @@ class CrossMatch(Method):
         # strong views: intensity jitter + blur, then CutMix from the mix batch's own strong view
         strong, boxes = strong_views(u, u_mix, ctx.gen, views, self.spec.intensity_range)
 
-        # 1. pseudo-labels for the mixed regions (eval mode; feature dropout stays on)
+        # 1. pseudo-labels for the mixed regions (feature dropout stays on in eval mode)
         with torch.no_grad(), ctx.autocast():
-            model.eval()
-            if use_fp:
-                _, mix, mix_dw, mix_ds = (p.float().softmax(1) for p in model(u_mix, need_fp=True, split=0))
+            if hp["source_pass"] == "train":  # the reference's two train-mode passes
+                mix = model(u_mix).float().softmax(1)
+                if use_fp:
+                    _, _, mix_dw, mix_ds = (p.float().softmax(1) for p in
+                                            model(torch.cat((x, u_mix)), need_fp=True, split=len(x)))
             else:
-                mix = model(u_mix, drop=False).float().softmax(1)
-            model.train()
+                model.eval()
+                if use_fp:
+                    _, mix, mix_dw, mix_ds = (p.float().softmax(1) for p in model(u_mix, need_fp=True, split=0))
+                else:
+                    mix = model(u_mix, drop=False).float().softmax(1)
+                model.train()
 
         # 2. labeled + weak view
         terms: dict[str, torch.Tensor] = {}

@@ -16,10 +16,9 @@ def build_model(dim: int, in_channels: int, n_classes: int, dropout_type: str = 
     """The network of a ``dim``-D dataset (2 -> UNet, 3 -> V-Net).
 
     ``upsample`` is the 2D UNet's decoder upsampling (the V-Net always uses
-    transposed convolutions). Its default here is ``bilinear`` only so that
-    run configs written before the option existed (no ``model.upsample``
-    key) rebuild the network they trained; new configs get the reference
-    ``transpose`` from ``crossmatch.config``. ``decoder_dropout`` (the V-Net's
+    transposed convolutions): ``bilinear``, the reference's network, also
+    for run configs written before the option existed (no ``model.upsample``
+    key), which trained it. ``decoder_dropout`` (the V-Net's
     last-stage dropout) defaults to 0 for the same reason: configs without
     the key trained without it; new configs get the reference 0.5.
     """

@@ -62,11 +62,11 @@ class FeaturePerturbation(nn.Module):
         self.strong = FeatureDropout(0.5 + gap / 2, kind)
 
     def forward(self, feats: Sequence[torch.Tensor], split: int) -> list[torch.Tensor]:
-        out = []
-        for f in feats:
-            b = f[split:]
-            out.append(torch.cat((f, self.weak(b), self.strong(b))))
-        return out
+        # every level's weak mask is drawn before the strong ones, in the
+        # reference's order, so that equal seeds give both codes equal masks
+        weak = [self.weak(f[split:]) for f in feats]
+        strong = [self.strong(f[split:]) for f in feats]
+        return [torch.cat((f, w, s)) for f, w, s in zip(feats, weak, strong)]
 
 
 def decode_streams(decoder: nn.Module, feats: list[torch.Tensor], sizes: Sequence[int],

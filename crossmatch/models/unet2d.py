@@ -1,10 +1,15 @@
 """2D UNet of SSL4MIS / UniMatch / CrossMatch (channels 16-32-64-128-256).
 
-Those references build it with ``bilinear: False``: every decoder stage
-upsamples with a learned ``ConvTranspose2d(cin, cskip, 2, stride=2)``
-(``upsample="transpose"``). ``upsample="bilinear"`` is their other branch
-(1x1 conv, then fixed bilinear x2), which runs made before the option
-existed used; it has ~130k fewer parameters (1.81M vs 1.94M).
+``upsample="bilinear"`` (the default) is the network those references
+train: every decoder stage is a 1x1 convolution, then fixed bilinear x2
+upsampling (1,813,764 parameters for 1 input channel and 4 classes). Their
+``UNet`` passes ``"bilinear": False`` in its params, but their ``Decoder``
+never hands it to ``UpBlock``, whose default is ``bilinear=True``; the
+parity test (tests/test_parity.py) loads the CrossMatch reference's weights
+into this network and gets its outputs exactly.
+``upsample="transpose"`` (a learned ``ConvTranspose2d(cin, cskip, 2,
+stride=2)`` per stage, 1,944,324 parameters) is the branch those references
+never run: an option, not the reference's network.
 """
 from __future__ import annotations
 
@@ -25,17 +30,17 @@ class ConvBlock(nn.Sequential):
         )
 
 
-UPSAMPLE_MODES = ("transpose", "bilinear")
+UPSAMPLE_MODES = ("bilinear", "transpose")
 
 
 class UpBlock(nn.Module):
     """x2 upsampling to ``cskip`` channels, concat with the skip, ConvBlock.
 
-    ``transpose``: ConvTranspose2d(k=2, s=2) (the references' ``bilinear: False``);
-    ``bilinear``: 1x1 conv, then bilinear x2 (align_corners=True).
+    ``bilinear``: 1x1 conv, then bilinear x2 (align_corners=True), the references' network;
+    ``transpose``: ConvTranspose2d(k=2, s=2), not theirs.
     """
 
-    def __init__(self, cin: int, cskip: int, cout: int, upsample: str = "transpose"):
+    def __init__(self, cin: int, cskip: int, cout: int, upsample: str = "bilinear"):
         super().__init__()
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
@@ -69,7 +74,7 @@ class Encoder2d(nn.Module):
 
 
 class Decoder2d(nn.Module):
-    def __init__(self, ft: tuple[int, ...], n_classes: int, upsample: str = "transpose"):
+    def __init__(self, ft: tuple[int, ...], n_classes: int, upsample: str = "bilinear"):
         super().__init__()
         self.ups = nn.ModuleList(UpBlock(ft[i], ft[i - 1], ft[i - 1], upsample)
                                  for i in range(len(ft) - 1, 0, -1))
@@ -90,7 +95,7 @@ class UNet2d(EncoderDecoder):
     def __init__(self, in_channels: int = 1, n_classes: int = 4,
                  features: tuple[int, ...] = (16, 32, 64, 128, 256),
                  encoder_dropout: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5),
-                 upsample: str = "transpose", **fp):
+                 upsample: str = "bilinear", **fp):
         super().__init__(**fp)
         self.encoder = Encoder2d(in_channels, tuple(features), tuple(encoder_dropout))
         self.decoder = Decoder2d(tuple(features), n_classes, upsample)
