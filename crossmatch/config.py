@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .data.augment import INTERPOLATIONS
 from .data.specs import get_spec
 from .data.splits import MISSING_POLICIES, SPLIT_ROLES
 from .errors import ConfigError
@@ -48,6 +49,8 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "iterations": (30000, "training iterations"),
         "batch_size": (12, "labeled batch size (unlabeled and mix batches are the same size)"),
         "crop": (None, "training size: 2D resize / 3D random crop (default: the dataset's)"),
+        "interpolation": ("linear", "2D weak view: the image's rotation and resize, linear | nearest "
+                                    "(the ACDC reference code's order-0 zoom; labels are always nearest)"),
         "optimizer": ("sgd", "sgd | adamw"),
         "lr": (0.01, "base learning rate"),
         "momentum": (0.9, "SGD momentum"),
@@ -71,6 +74,9 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
                          "at most the patch = train.crop)"),
         "val_stride": (None, "3D stride during validation (default: half the patch, for speed)"),
         "val_cases": (0, "validate on the first N validation cases only (0: all)"),
+        "interpolation": ("linear", "2D: slices resized to the training size and back, linear (probabilities "
+                                    "resized back, argmax at full size) | nearest (the SSL4MIS/CrossMatch "
+                                    "test.py: order-0 zoom of the slice and of the label map)"),
     },
 }
 
@@ -178,6 +184,10 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
                           f"got {cfg['model']['dropout_type']!r}")
     if not 0.0 <= cfg["model"]["decoder_dropout"] < 1.0:
         raise ConfigError(f"model.decoder_dropout must be in [0, 1), got {cfg['model']['decoder_dropout']}")
+    for section in ("train", "eval"):
+        if cfg[section]["interpolation"] not in INTERPOLATIONS:
+            raise ConfigError(f"{section}.interpolation must be one of {list(INTERPOLATIONS)}, "
+                              f"got {cfg[section]['interpolation']!r}")
     if cfg["model"]["upsample"] not in UPSAMPLE_MODES:
         raise ConfigError(f"model.upsample must be one of {UPSAMPLE_MODES}, got {cfg['model']['upsample']!r}")
     if spec.dim == 3:  # the sliding window is the training crop

@@ -40,7 +40,9 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray, spec: DatasetSpec,
     stride), softmax averaged over overlaps."""
     crop = tuple(cfg["train"]["crop"])
     if spec.dim == 2:
-        pred = predict_slices_2d(model, image, crop, spec.n_classes, device)
+        # run configs written before eval.interpolation existed were evaluated linearly
+        pred = predict_slices_2d(model, image, crop, spec.n_classes, device,
+                                 interpolation=cfg["eval"].get("interpolation", "linear"))
         # channels (a trailing axis) are not part of the label's shape
         return pred.reshape(image.shape[:-1] if spec.in_channels > 1 else image.shape)
     return sliding_window_3d(model, image, crop, tuple(stride or cfg["eval"]["stride"]),

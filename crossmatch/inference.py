@@ -88,6 +88,7 @@ def predict_slices_2d(
     n_classes: int,
     device: DeviceLike,
     batch_size: int = 16,
+    interpolation: str = "linear",
 ) -> np.ndarray:
     """Slice-wise 2D prediction of a volume or image.
 
@@ -101,11 +102,14 @@ def predict_slices_2d(
         n_classes: K, the number of output channels of the model (2..256).
         device: where the inputs are sent; the model must already be there.
         batch_size: slices per forward pass.
+        interpolation: ``linear`` (as below) or ``nearest``, the SSL4MIS /
+            CrossMatch ``test.py``: each slice zoomed with ``order=0`` and the
+            label map zoomed back with ``order=0``.
 
     Returns:
         uint8 label map S x H x W with values in [0, n_classes).
 
-    Unlike the SSL4MIS reference (``zoom(argmax, order=0)`` back to H x W),
+    With ``linear``, unlike the SSL4MIS reference (``zoom(argmax, order=0)`` back to H x W),
     the softmax probabilities are resized back to H x W (bilinear,
     ``align_corners=True`` to match zoom's corner-aligned grid) and the argmax
     is taken at full resolution, which avoids blocky nearest-neighbour
@@ -113,6 +117,9 @@ def predict_slices_2d(
     """
     n_classes = _check_n_classes(n_classes)
     batch_size = _check_batch_size(batch_size)
+    if interpolation not in ("linear", "nearest"):
+        raise ValueError(f"interpolation must be linear or nearest, got {interpolation!r}")
+    order = 1 if interpolation == "linear" else 0
     h, w = _check_int_tuple(size, 2, "size")
     vol = np.asarray(volume)
     if vol.ndim == 4 and vol.shape[-1] == 3:
@@ -142,7 +149,7 @@ def predict_slices_2d(
             for s in range(start, stop):
                 img = vol[s].astype(np.float32, copy=False)
                 if resize:
-                    img = zoom(img, factors, order=1)
+                    img = zoom(img, factors, order=order)
                 if img.shape[:2] != (h, w):  # guard against zoom's rounding of the output shape
                     raise RuntimeError(f"zoom produced {img.shape[:2]}, expected {(h, w)}")
                 slices.append(img)
@@ -150,6 +157,14 @@ def predict_slices_2d(
             batch = batch.transpose(0, 3, 1, 2) if rgb else batch[:, None]
             x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
             probs = _run_model(model, x, n_classes)
+            if resize and order == 0:
+                labels = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
+                for j, lab in enumerate(labels):
+                    back = zoom(lab, (height / h, width / w), order=0)
+                    if back.shape != (height, width):
+                        raise RuntimeError(f"zoom produced {back.shape}, expected {(height, width)}")
+                    out[start + j] = back
+                continue
             if resize:
                 probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=True)
             out[start:stop] = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()

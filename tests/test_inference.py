@@ -221,3 +221,21 @@ def test_mode_restored_on_error():
     with pytest.raises(ValueError):
         predict_slices_2d(model, np.zeros((1, 4, 4)), (4, 4), 3, "cpu")
     assert model.training is True
+
+
+def test_predict_slices_2d_nearest_is_the_reference_test_procedure():
+    """interpolation="nearest": SSL4MIS / CrossMatch test.py, slice zoomed with
+    order 0 to the network size, argmax, label map zoomed back with order 0."""
+    from scipy.ndimage import zoom
+    rng = np.random.default_rng(0)
+    vol = rng.integers(0, 3, (3, 20, 28)).astype(np.float32)
+    vol[:, 5:15, 8:20] = 2.0
+    model = NearestInteger(3)
+    out = predict_slices_2d(model, vol, (16, 16), 3, "cpu", interpolation="nearest")
+    for s in range(3):
+        small = zoom(vol[s], (16 / 20, 16 / 28), order=0)
+        expected = zoom(np.rint(small).astype(np.uint8), (20 / 16, 28 / 16), order=0)
+        assert np.array_equal(out[s], expected)
+    assert not np.array_equal(out, predict_slices_2d(model, vol, (16, 16), 3, "cpu"))
+    with pytest.raises(ValueError, match="interpolation"):
+        predict_slices_2d(model, vol, (16, 16), 3, "cpu", interpolation="cubic")

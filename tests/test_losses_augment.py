@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 import torch
 
@@ -75,3 +76,41 @@ def test_strong_intensity_is_reproducible_and_clipped():
     a = strong_intensity(x, torch.Generator().manual_seed(3), clip=(0, 1))
     b = strong_intensity(x, torch.Generator().manual_seed(3), clip=(0, 1))
     assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1 and not torch.equal(a, x)
+
+
+def test_reference_ramp_starts_at_tau_then_rises_to_ln2():
+    import math
+    from crossmatch.methods.crossmatch import reference_ramp
+    assert reference_ramp(0.75, 0, 100) == 0.75  # the first iteration: the threshold as given
+    assert reference_ramp(0.75, 1, 100) == pytest.approx((0.75 + 0.25 * math.exp(-5)) * math.log(2))
+    values = [reference_ramp(0.75, i, 100) for i in range(1, 102)]
+    assert values == sorted(values) and values[-1] == pytest.approx(math.log(2))
+
+
+def test_nearest_weak_view_keeps_the_image_values_and_the_label():
+    """train.interpolation: nearest (the ACDC reference's order-0 zoom and rotation):
+    no new intensities, and the image still tells the label exactly."""
+    label = np.zeros((40, 30), np.uint8)
+    label[5:15, 3:10] = 1
+    label[20:35, 12:28] = 2
+    image = (label[None] * 0.3 + 0.1).astype(np.float32)
+    linear_new_values = 0
+    for seed in range(12):
+        im, lb = weak_view(image, label, (32, 32), np.random.default_rng(seed), "nearest")
+        assert set(np.unique(im)) <= set(np.unique(image)) | {0.0}  # 0: outside a rotated image
+        # zero fill where a rotation uncovers the border; elsewhere image and label agree exactly
+        inside = im[0] > 0
+        assert np.array_equal(np.rint((im[0][inside] - 0.1) / 0.3), lb[inside])
+        lin, _ = weak_view(image, label, (32, 32), np.random.default_rng(seed), "linear")
+        linear_new_values += not set(np.unique(lin)) <= set(np.unique(image)) | {0.0}
+    assert linear_new_values > 0  # the default interpolates
+
+
+def test_cutmix_box_sides_are_the_references():
+    from crossmatch.data.augment import box_sides
+    assert box_sides(1000.0, 0.4, 2) == [20, 50]  # rows sqrt(V r), columns sqrt(V / r)
+    assert box_sides(8000.0, 1.0, 3) == [19, 19, 19] or box_sides(8000.0, 1.0, 3) == [20, 20, 20]
+    gen = torch.Generator().manual_seed(0)
+    boxes = cutmix_boxes(200, (32, 32), gen, p=1.0)
+    area = boxes.flatten(1).float().mean(1)
+    assert boxes.flatten(1).any(1).all() and 0.0 < area.min() and area.max() <= 0.41

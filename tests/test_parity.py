@@ -321,3 +321,112 @@ def test_one_acdc_crossmatch_step_equals_the_reference(tmp_path, monkeypatch):
     load_reference_state(probe_bn, ref["net"].state_dict())
     for (n, a), b in zip(model.named_buffers(), probe_bn.buffers()):
         assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), n
+
+
+# ------------------------------------------------------- LA threshold ramp
+def test_la_threshold_is_the_references_ramp():
+    """LA by default: --conf_thresh 0.75 ramped over 17,000 iterations, times ln 2,
+    each iteration using the value computed at the end of the previous one."""
+    la = reference_dir("LA/code")
+    from crossmatch.methods.crossmatch import reference_ramp
+    hp = get_method("crossmatch").hyperparameters("la", {})
+    assert (hp["tau"], hp["tau_schedule"], hp["ramp_length"]) == (0.75, "reference_ramp", 17000)
+    with reference_imports(la):
+        from utils.ramps import sigmoid_rampup
+        assert reference_ramp(hp["tau"], 0, hp["ramp_length"]) == hp["tau"]  # the reference's first iteration
+        for i in range(0, 20001, 997):
+            # the reference's update at the end of iteration i, used by iteration i + 1
+            conf_thresh = (hp["tau"] + (1 - hp["tau"]) * sigmoid_rampup(i, 17000)) * np.log(2)
+            assert reference_ramp(hp["tau"], i + 1, hp["ramp_length"]) == pytest.approx(conf_thresh, rel=1e-12)
+
+
+# ------------------------------------------------------ the data path, ACDC
+class Draws:
+    """A stand-in numpy Generator that returns queued integers (the same draw
+    the reference makes with ``np.random.randint``)."""
+
+    def __init__(self, *ints: int):
+        self.ints = list(ints)
+
+    def integers(self, lo, hi=None):
+        v = self.ints.pop(0)
+        assert (0 if hi is None else lo) <= v < (lo if hi is None else hi)
+        return v
+
+
+def test_weak_view_geometry_equals_the_reference_transforms(monkeypatch):
+    from scipy.ndimage import zoom
+    from crossmatch.data.augment import resize, rot_flip, rotate
+    acdc = reference_dir("ACDC")
+    rng = np.random.default_rng(0)
+    img, lab = rng.random((40, 56)).astype(np.float32), rng.integers(0, 4, (40, 56)).astype(np.uint8)
+    with reference_imports(acdc):
+        from dataset import transform as ref
+        for k in range(4):
+            for axis in range(2):
+                monkeypatch.setattr(np.random, "randint", lambda *a, q=[k, axis]: q.pop(0))
+                ri, rl = ref.random_rot_flip(img, lab)
+                oi, ol = rot_flip(img[None], lab, Draws(k, axis))
+                assert np.array_equal(oi[0], ri) and np.array_equal(ol, rl)
+        for angle in (-20, -7, 0, 13, 19):
+            monkeypatch.setattr(np.random, "randint", lambda *a, v=angle: v)
+            ri, rl = ref.random_rotate(img, lab)
+            oi, ol = rotate(img[None], lab, Draws(angle), order=0)  # order 0: the reference's
+            assert np.array_equal(oi[0], ri) and np.array_equal(ol, rl)
+        monkeypatch.undo()
+    # the reference's resize (dataset/acdc.py): zoom(x, (size / h, size / w), order=0), image and label
+    oi, ol = resize(img[None], lab, (32, 32), order=0)
+    assert np.array_equal(oi[0], zoom(img, (32 / 40, 32 / 56), order=0))
+    assert np.array_equal(ol, zoom(lab, (32 / 40, 32 / 56), order=0))
+
+
+def test_cutmix_boxes_follow_the_reference_distribution():
+    """Box presence, area and aspect: our boxes against the reference's
+    ``obtain_cutmix_box`` (2000 draws each, two-sample KS distance)."""
+    import random
+    from scipy.stats import ks_2samp
+    from crossmatch.data.augment import cutmix_boxes
+    acdc = reference_dir("ACDC")
+    n, size = 2000, 64
+
+    def stats(boxes):
+        present = [b for b in boxes if b.any()]
+        rows = np.array([b.any(1).sum() for b in present])
+        cols = np.array([b.any(0).sum() for b in present])
+        return len(present) / len(boxes), rows * cols / size ** 2, np.log(rows / cols)
+
+    with reference_imports(acdc):
+        from dataset.transform import obtain_cutmix_box
+        random.seed(0)
+        np.random.seed(0)
+        ref = stats([obtain_cutmix_box(size, p=0.5).bool().numpy() for _ in range(n)])
+    ours = stats(list(cutmix_boxes(n, (size, size), torch.Generator().manual_seed(0)).numpy()))
+    assert abs(ours[0] - ref[0]) < 0.04  # p = 0.5
+    for a, b in zip(ours[1:], ref[1:]):
+        assert ks_2samp(a, b).statistic < 0.06
+
+
+def test_brightness_contrast_and_blur_against_pil():
+    """The reference's strong view works on 8-bit PIL images: ColorJitter's
+    brightness and contrast are PIL's ImageEnhance, its blur PIL's
+    GaussianBlur. Ours on the same image with the same factors: within 2.5 gray
+    levels (8-bit rounding); the blur (an exact Gaussian, PIL's is three box
+    blurs) within 8 levels at the borders, under 1 on average."""
+    from PIL import Image, ImageEnhance, ImageFilter
+    from scipy import ndimage
+    from crossmatch.data.augment import _rand, gaussian_blur, strong_intensity
+    rng = np.random.default_rng(0)
+    smooth = ndimage.gaussian_filter(rng.random((64, 64)), 3)
+    u8 = ((smooth - smooth.min()) / np.ptp(smooth) * 255).astype(np.uint8)
+    x = torch.from_numpy(u8 / 255.0).float()[None]
+    for seed in range(6):
+        out = strong_intensity(x[None], torch.Generator().manual_seed(seed), (0.0, 1.0), p_jitter=1.0, p_blur=0.0)
+        g = torch.Generator().manual_seed(seed)  # replay the draws: jitter/blur coins, brightness, contrast
+        torch.rand(1, 2, generator=g)
+        b, c = float(_rand(g, 1, 0.5, 1.5)), float(_rand(g, 1, 0.5, 1.5))
+        pil = ImageEnhance.Contrast(ImageEnhance.Brightness(Image.fromarray(u8)).enhance(b)).enhance(c)
+        assert np.abs(out[0, 0].numpy() * 255 - np.asarray(pil, float)).max() <= 2.5, (b, c)
+    for sigma in (0.3, 1.0, 2.0):
+        pil = np.asarray(Image.fromarray(u8).filter(ImageFilter.GaussianBlur(radius=sigma)), float)
+        diff = np.abs(gaussian_blur(x, sigma)[0].numpy() * 255 - pil)
+        assert diff.max() <= 8.0 and diff.mean() < 1.0, sigma

@@ -101,6 +101,21 @@ def test_nan_loss_stops_with_experiment_and_iteration(acdc_root, tmp_path, monke
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.parametrize("model", [{}, {"upsample": "transpose"}])
+def test_runs_written_before_evaluate_with_the_network_they_trained(acdc_root, tmp_path, model):
+    """A run config without ``model.upsample`` (written before the key existed:
+    bilinear) and one of a ``transpose`` run rebuild their own network."""
+    import yaml
+    cfg = config.resolve({**tiny_overrides(acdc_root, iterations=2, val_every=0), "model": dict(model)})
+    train(cfg, tmp_path / "run")
+    path = tmp_path / "run" / "config.yaml"
+    written = yaml.safe_load(path.read_text())
+    if not model:
+        del written["model"]["upsample"]
+    path.write_text(yaml.safe_dump(written))
+    evaluate_run(tmp_path / "run", "final", "cpu", save_predictions=False)  # strict load: the same network
+
+
 def test_evaluate_writes_per_case_metrics_and_summary(acdc_root, tmp_path):
     cfg = config.resolve(tiny_overrides(acdc_root))
     train(cfg, tmp_path / "run")
@@ -122,6 +137,9 @@ def test_evaluate_writes_per_case_metrics_and_summary(acdc_root, tmp_path):
     (["dataset.labeled=5"], "dataset.labeled: 5 has no split lists"),
     (["train.crop=[100,100]"], "train.crop: need 2 sizes divisible by 16"),
     (["model.dropout_type=gaussian"], "model.dropout_type must be"),
+    (["method.source_pass=test"], "method.source_pass must be one of"),
+    (["train.interpolation=cubic"], "train.interpolation must be one of"),
+    (["eval.interpolation=cubic"], "eval.interpolation must be one of"),
 ])
 def test_bad_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
@@ -130,7 +148,7 @@ def test_bad_config_names_the_key(override, message):
 
 def test_experiment_id_spells_settings():
     cfg = config.load(None, ["dataset.name=la", "dataset.labeled=8", "train.seed=1"])
-    assert config.experiment_id(cfg) == "la/crossmatch/l8/tau0.85-eta0.3/s1"
+    assert config.experiment_id(cfg) == "la/crossmatch/l8/tau0.75-eta0.3/s1"
     cfg = config.load(None, ["method.strong_views=1", "model.dropout_type=alpha"])
     assert config.experiment_id(cfg) == "acdc/crossmatch/l3/tau0.95-eta0.3-strong_views1-dropout_typealpha/s0"
 

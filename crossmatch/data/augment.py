@@ -5,6 +5,18 @@ resumed run draws the same augmentations as an uninterrupted one.
 
 Images are ``C x *spatial`` (numpy) or ``N x C x *spatial`` (torch); labels
 have no channel axis.
+
+Side by side with the reference code (tests/test_parity.py): the geometry
+(rot90 + flip of one of the first two axes, integer rotation angles, the
+order-0 zoom and rotation under ``interpolation="nearest"``) and the CutMix
+boxes follow it draw for draw in distribution; brightness and contrast equal
+PIL's ImageEnhance (what the reference's ColorJitter calls) up to its 8-bit
+rounding. Left as they are, and documented (docs/fidelity.md): the default
+linear interpolation of the image, float views instead of the reference's
+8-bit PIL images, a fixed brightness-then-contrast order (ColorJitter
+permutes them), an exact Gaussian blur (PIL approximates it with box blurs),
+and in 3D the 2D reference's jitter instead of the LA code's torchio bias
+field and gamma.
 """
 from __future__ import annotations
 
@@ -17,12 +29,15 @@ from scipy import ndimage
 
 
 # --------------------------------------------------------------- weak (numpy)
+INTERPOLATIONS = {"linear": 1, "nearest": 0}  # name -> scipy spline order of the image
+
+
 def rot_flip(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator):
     """Random multiple of 90 degrees in the first two spatial axes, then a
-    flip of one random spatial axis (UniMatch in 2D, UA-MT in 3D)."""
+    flip of one of those two axes (UniMatch in 2D, UA-MT / CrossMatch-LA in
+    3D: ``np.flip(axis=randint(0, 2))``, never the third axis)."""
     k = int(rng.integers(0, 4))
-    nsp = image.ndim - 1
-    ax = int(rng.integers(0, nsp))
+    ax = int(rng.integers(0, 2))
     image = np.flip(np.rot90(image, k, axes=(1, 2)), axis=ax + 1)
     if label is not None:
         label = np.flip(np.rot90(label, k, axes=(0, 1)), axis=ax)
@@ -30,22 +45,24 @@ def rot_flip(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generat
 
 
 def rotate(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator,
-           max_deg: float = 20.0):
-    """Random in-plane rotation in [-max_deg, max_deg] (labels nearest-neighbour)."""
-    angle = float(rng.uniform(-max_deg, max_deg))
-    image = ndimage.rotate(image, angle, axes=(-2, -1), order=1, reshape=False)
+           max_deg: int = 20, order: int = 1):
+    """Random in-plane rotation by a whole number of degrees in [-max_deg,
+    max_deg) (the reference's ``randint(-20, 20)``); the image with spline
+    ``order``, labels nearest-neighbour."""
+    angle = int(rng.integers(-max_deg, max_deg))
+    image = ndimage.rotate(image, angle, axes=(-2, -1), order=order, reshape=False)
     if label is not None:
         label = ndimage.rotate(label, angle, axes=(-2, -1), order=0, reshape=False)
     return image, label
 
 
-def resize(image: np.ndarray, label: np.ndarray | None, size: tuple[int, ...]):
-    """Zoom the spatial axes to ``size`` (image linear, label nearest)."""
+def resize(image: np.ndarray, label: np.ndarray | None, size: tuple[int, ...], order: int = 1):
+    """Zoom the spatial axes to ``size`` (image with spline ``order``, label nearest)."""
     sp = image.shape[1:]
     if tuple(sp) == tuple(size):
         return image, label
     f = [s / c for s, c in zip(size, sp)]
-    image = ndimage.zoom(image, [1, *f], order=1)
+    image = ndimage.zoom(image, [1, *f], order=order)
     if label is not None:
         label = ndimage.zoom(label, f, order=0)
     return image, label
@@ -68,19 +85,22 @@ def random_crop(image: np.ndarray, label: np.ndarray | None, size: tuple[int, ..
 
 
 def weak_view(image: np.ndarray, label: np.ndarray | None, size: tuple[int, ...],
-              rng: np.random.Generator):
+              rng: np.random.Generator, interpolation: str = "linear"):
     """The weak view of a training sample: geometry only.
 
     2D (UniMatch ACDC): p 0.5 rot90+flip, else p 0.5 rotation of up to 20
-    degrees, then resize to ``size``. 3D (UA-MT LA): rot90+flip of the whole
-    volume, then a random crop to ``size`` (so any crop shape works).
+    degrees, then resize to ``size``; the image is rotated and resized with
+    ``interpolation`` (``nearest``: the reference's order 0). 3D (UA-MT LA):
+    rot90+flip of the whole volume, then a random crop to ``size`` (so any
+    crop shape works).
     """
     if len(size) == 2:
+        order = INTERPOLATIONS[interpolation]
         if rng.random() > 0.5:
             image, label = rot_flip(image, label, rng)
         elif rng.random() > 0.5:
-            image, label = rotate(image, label, rng)
-        return resize(image, label, size)
+            image, label = rotate(image, label, rng, order=order)
+        return resize(image, label, size, order)
     image, label = rot_flip(image, label, rng)
     return random_crop(image, label, size, rng)
 
@@ -120,8 +140,10 @@ def strong_intensity(x: torch.Tensor, gen: torch.Generator,
     out = []
     for i in range(n):
         xi = x[i]
-        if draw[i, 0] < p_jitter:
+        if draw[i, 0] < p_jitter:  # each enhancement clipped, as PIL's
             xi = xi * bright[i]
+            if clip is not None:
+                xi = xi.clamp(*clip)
             mean = xi.mean()
             xi = (xi - mean) * contrast[i] + mean
             if clip is not None:
@@ -132,24 +154,43 @@ def strong_intensity(x: torch.Tensor, gen: torch.Generator,
     return torch.stack(out)
 
 
+def box_sides(volume: float, r: float, dims: int) -> list[int]:
+    """Side lengths of the references' CutMix box of ``volume`` pixels and
+    aspect ``r``: 2D (UniMatch / CrossMatch-ACDC) ``[sqrt(V r), sqrt(V / r)]``
+    (rows, columns); 3D (CrossMatch-LA) ``[V^(1/3), (V r)^(1/3), (V / r)^(1/3)]``."""
+    if dims == 2:
+        return [int(math.sqrt(volume * r)), int(math.sqrt(volume / r))]
+    if dims == 3:
+        return [int(volume ** (1 / 3)), int((volume * r) ** (1 / 3)), int((volume / r) ** (1 / 3))]
+    raise ValueError(f"CutMix boxes are 2D or 3D, got {dims} axes")
+
+
 def cutmix_boxes(n: int, spatial: tuple[int, ...], gen: torch.Generator, p: float = 0.5,
                  area: tuple[float, float] = (0.02, 0.4), ratio: tuple[float, float] = (0.3, 1 / 0.3)
                  ) -> torch.Tensor:
     """Boolean masks ``N x *spatial``: one random box per sample, drawn with
-    probability ``p`` (else empty). The box covers a fraction in ``area`` of
-    the image, with side ratios in ``ratio`` (UniMatch's box, any dimension)."""
+    probability ``p`` (else empty), as the references draw it: a volume
+    fraction in ``area``, then an aspect in ``ratio`` and a corner anywhere
+    in the image, both drawn again until the box fits (``box_sides``). In 3D
+    the LA code's own box indexes its axes inconsistently (its boxes can be
+    cut at the border); here a 3D box always fits: sides are capped at the
+    image, the corner drawn where the box fits."""
     boxes = torch.zeros((n, *spatial), dtype=torch.bool)
-    d = len(spatial)
+    volume = math.prod(spatial)
     for i in range(n):
         if float(torch.rand(1, generator=gen)) >= p:
             continue
-        frac = float(_rand(gen, 1, *area))
-        logr = torch.log(_rand(gen, d, *ratio))
-        logr = logr - logr.mean()  # side factors with product 1
-        side = (frac * math.prod(spatial)) ** (1 / d)
-        sizes = [max(1, min(s, int(side * math.exp(float(f))))) for s, f in zip(spatial, logr)]
-        starts = [int(torch.randint(0, s - z + 1, (1,), generator=gen)) for s, z in zip(spatial, sizes)]
-        boxes[(i, *[slice(a, a + z) for a, z in zip(starts, sizes)])] = True
+        v = float(_rand(gen, 1, *area)) * volume
+        while True:
+            sides = box_sides(v, float(_rand(gen, 1, *ratio)), len(spatial))
+            if len(spatial) == 3:
+                sides = [max(1, min(s, z)) for s, z in zip(spatial, sides)]
+                starts = [int(torch.randint(0, s - z + 1, (1,), generator=gen)) for s, z in zip(spatial, sides)]
+            else:
+                starts = [int(torch.randint(0, s, (1,), generator=gen)) for s in spatial]
+            if all(a + z <= s for a, z, s in zip(starts, sides, spatial)):
+                break
+        boxes[(i, *[slice(a, a + z) for a, z in zip(starts, sides)])] = True
     return boxes
 
 

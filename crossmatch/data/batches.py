@@ -38,19 +38,20 @@ class IterationBatches(Dataset):
     """
 
     def __init__(self, labeled: list[Path], unlabeled: list[Path] | None, batch_size: int,
-                 crop: tuple[int, ...], n_classes: int, seed: int):
+                 crop: tuple[int, ...], n_classes: int, seed: int, interpolation: str = "linear"):
         if not labeled:
             raise ValueError("no labeled training files")
         if unlabeled is not None and not unlabeled:
             raise ValueError("the method needs unlabeled data but the unlabeled split is empty")
         self.labeled, self.unlabeled = list(labeled), unlabeled
         self.batch_size, self.crop, self.n_classes, self.seed = batch_size, tuple(crop), n_classes, seed
+        self.interpolation = interpolation
 
     def _sample(self, path: Path, t: int, stream: int, slot: int, with_label: bool):
         image, label, _ = read_case(path, self.n_classes, need_label=with_label)
         image = image[None] if image.ndim == len(self.crop) else np.moveaxis(image, -1, 0)
         rng = np.random.default_rng([self.seed, stream, t, slot, 1])
-        return weak_view(image, label, self.crop, rng)
+        return weak_view(image, label, self.crop, rng, self.interpolation)
 
     def _stream(self, files: list[Path], t: int, name: str, with_label: bool):
         s = STREAMS[name]

@@ -41,10 +41,16 @@ SOURCE_PASSES = ("eval", "train")
 
 
 def reference_ramp(tau: float, iteration: int, length: int) -> float:
-    """The LA reference code's threshold: (tau + (1 - tau) * sigmoid_rampup) * ln 2,
-    with sigmoid_rampup(t) = exp(-5 (1 - t/length)^2). It rises from about
-    0.52 to ln 2 = 0.69 for tau 0.75 (the ln 2 factor is in that code)."""
-    t = min(max(iteration / length, 0.0), 1.0)
+    """The LA reference code's threshold (its ``train_cross_match.py``, with
+    ``--conf_thresh tau``): (tau + (1 - tau) * sigmoid_rampup(i)) * ln 2, with
+    sigmoid_rampup(i) = exp(-5 (1 - i/length)^2), computed at the end of
+    iteration i for the next one; the first iteration uses ``tau`` itself. For
+    tau 0.75 it rises from about 0.52 to ln 2 = 0.69 (the ln 2 factor is that
+    code's: with two classes it keeps the threshold under any confidence a
+    softmax can have, 0.5 to 1, only near the end of the ramp)."""
+    if iteration == 0:
+        return tau
+    t = min(max((iteration - 1) / length, 0.0), 1.0)
     return (tau + (1 - tau) * math.exp(-5 * (1 - t) ** 2)) * math.log(2)
 
 
@@ -65,8 +71,10 @@ class CrossMatch(Method):
         "source_pass": "eval",  # eval | train (the reference's CutMix-source passes, see the module doc)
         "ramp_length": 17000,
     }
-    # the 3D settings of the LA reference code; Pancreas-CT (3D, no reference) takes them too
-    dataset_defaults = {"la": {"tau": 0.85, "w_kd": 1.0}, "pancreas": {"tau": 0.85, "w_kd": 1.0}}
+    # the 3D settings of the LA reference code (--conf_thresh 0.75, ramped; kd weight 1);
+    # Pancreas-CT (3D, no reference) takes them too
+    dataset_defaults = {"la": {"tau": 0.75, "tau_schedule": "reference_ramp", "w_kd": 1.0},
+                        "pancreas": {"tau": 0.75, "tau_schedule": "reference_ramp", "w_kd": 1.0}}
     id_keys = ("tau", "eta")
 
     @classmethod
