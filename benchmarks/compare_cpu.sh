@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 CONFIG=${CONFIG:-config/experiments/acdc_l3_cpu.yaml}
 SEEDS=${SEEDS:-0}
 METHODS=${METHODS:-"supervised crossmatch"}
-RUNS=${RUNS:-results/runs/acdc_l3_cpu_transpose}
+RUNS=${RUNS:-results/runs/acdc_l3_cpu_bilinear}
 OUT=${OUT:-benchmarks/results/$(basename "$RUNS").json}
 # shellcheck disable=SC2086
 root=$(crossmatch train --config "$CONFIG" ${EXTRA:-} --print-config | sed -n "s/^  root: //p")

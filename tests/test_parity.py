@@ -3,8 +3,8 @@
 Same weights and inputs on both sides, on the CPU: the networks (weights
 mapped by ``crossmatch.models.reference``), the feature-perturbation streams
 (equal seeds give equal dropout masks), the Dice losses, and one whole ACDC
-CrossMatch step, for which the reference's own ``train_cross_match.py`` runs
-its first iteration on our batch (its CUDA, distributed, data-loading and
+CrossMatch step for ACDC and for LA, for which the reference's own
+``train_cross_match.py`` runs its first iteration on our batch (its CUDA, distributed, data-loading and
 logging calls replaced by stand-ins; its step code untouched). The
 reference is imported and run, never copied. Every test skips where the
 reference is absent (a fresh clone); CI has it.
@@ -12,6 +12,7 @@ reference is absent (a fresh clone); CI has it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import runpy
 import sys
 import types
@@ -173,34 +174,40 @@ class _Stop(Exception):
     """Raised by the stand-in writer once the reference has logged its step."""
 
 
-def _acdc_batch(n: int = 2, size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
+def _batch(shape: tuple[int, ...], n_classes: int, n: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A fixed batch of every stream: images ``n x 1 x shape``, labels, CutMix boxes."""
     g = torch.Generator().manual_seed(seed)
-    img = lambda: torch.rand(n, 1, size, size, generator=g)  # noqa: E731
-    box = lambda: (torch.rand(n, 1, 1, generator=g) > 0.3) & (torch.rand(n, size, size, generator=g) > 0.5)  # noqa: E731
-    return {"x": img(), "y": torch.randint(0, 4, (n, size, size), generator=g), "u": img(), "s1": img(),
+    img = lambda: torch.rand(n, 1, *shape, generator=g)  # noqa: E731
+    ones = (1,) * len(shape)
+    box = lambda: (torch.rand(n, *ones, generator=g) > 0.3) & (torch.rand(n, *shape, generator=g) > 0.5)  # noqa: E731
+    return {"x": img(), "y": torch.randint(0, n_classes, (n, *shape), generator=g), "u": img(), "s1": img(),
             "s2": img(), "box1": box(), "box2": box(), "u_mix": img(), "s1_mix": img(), "s2_mix": img()}
 
 
-def run_reference_acdc_step(acdc: Path, batch: dict, tau: float, tmp: Path, monkeypatch) -> dict:
-    """The first iteration of the reference's ``train_cross_match.py`` on ``batch``:
-    its initial weights, the torch RNG state its step starts from, its logged
-    loss values, its gradients and its network after the step."""
+def _module(name: str, **attrs) -> types.ModuleType:
+    m = types.ModuleType(name)
+    m.__dict__.update(attrs)
+    return m
+
+
+def run_reference_step(folder: Path, script: str, argv: list[str], batch: dict, stubs: dict,
+                       last_tag: str, monkeypatch) -> dict:
+    """Run the first iteration of a reference training ``script`` on ``batch``:
+    returns its initial weights, the torch RNG state its step starts from, the
+    loss values it logs, its gradients and its network after the step. Its
+    CUDA, distributed, data-loading and logging calls get single-process CPU
+    stand-ins; the step itself runs as written."""
     got: dict = {"scalars": {}}
-    cfg = yaml.safe_load((acdc / "configs" / "acdc.yaml").read_text())
-    cfg.update(conf_thresh=tau, batch_size=len(batch["x"]), crop_size=batch["x"].shape[-1])
-    (tmp / "acdc.yaml").write_text(yaml.safe_dump(cfg))
 
     class Writer:
         def __init__(self, *a, **k): pass
 
         def add_scalar(self, tag, value, step):
-            got["scalars"][tag] = float(value)
-            if tag == "train/mask_ratio":  # the step's last log line
+            got["scalars"][tag] = float(value.detach() if torch.is_tensor(value) else value)
+            if tag == last_tag:  # the step's last log line
                 raise _Stop
 
-    class Dataset:
-        def __init__(self, name, root, mode, size=None, id_path=None, nsample=None):
-            self.mode, self.ids = mode, ["stand-in"] * 16
+        def add_image(self, *a, **k): pass
 
     unlabeled_loaders = []
 
@@ -228,63 +235,58 @@ def run_reference_acdc_step(acdc: Path, batch: dict, tau: float, tmp: Path, monk
 
         def set_epoch(self, epoch): pass
 
+    def capture(model):
+        got["net"], got["init"] = model, {k: v.clone() for k, v in model.state_dict().items()}
+        return model
+
     class DDP(nn.Module):  # one process: the network itself
         def __init__(self, module, **kw):
             super().__init__()
-            self.module = module
-            got["net"], got["init"] = module, {k: v.clone() for k, v in module.state_dict().items()}
+            self.module = capture(module)
 
         def forward(self, *a, **k):
             return self.module(*a, **k)
 
-    class SGD(torch.optim.SGD):
-        def step(self, closure=None):
-            got["grads"] = {k: p.grad.clone() for k, p in got["net"].named_parameters()}
-            return super().step(closure)
+    def grads(cls):
+        class Optimizer(cls):
+            def step(self, closure=None):
+                got["grads"] = [p.grad.clone() for p in self.param_groups[0]["params"]]
+                return super().step(closure)
+        return Optimizer
 
-    def module(name, **attrs):
-        m = types.ModuleType(name)
-        m.__dict__.update(attrs)
-        return m
+    def module_cuda(self, *a, **k):  # the LA script's `net = net.cuda()`: its network
+        if isinstance(self, nn.Module) and "net" not in got and sum(1 for _ in self.parameters()):
+            capture(self)
+        return self
 
-    stubs = {"torch.utils.tensorboard": module("torch.utils.tensorboard", SummaryWriter=Writer),
-             "dataset": module("dataset"), "dataset.acdc": module("dataset.acdc", ACDCDataset=Dataset),
-             "util.dist_helper": module("util.dist_helper", setup_distributed=lambda **k: (0, 1))}
+    stubs = {"torch.utils.tensorboard": _module("torch.utils.tensorboard", SummaryWriter=Writer),
+             "tensorboardX": _module("tensorboardX", SummaryWriter=Writer), **stubs}
     monkeypatch.setattr(torch.utils.data, "DataLoader", Loader)
     monkeypatch.setattr(torch.utils.data.distributed, "DistributedSampler", Sampler)
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", DDP)
     monkeypatch.setattr(torch.nn.SyncBatchNorm, "convert_sync_batchnorm", staticmethod(lambda m, *a, **k: m))
-    monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(torch.nn.Module, "cuda", module_cuda)
     monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
     monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: None)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a, **k: 1)
     monkeypatch.setattr(torch.multiprocessing, "set_sharing_strategy", lambda *a: None)
-    monkeypatch.setattr(torch.optim, "SGD", SGD)
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.chdir(acdc)
-    monkeypatch.setattr(sys, "argv", ["train_cross_match.py", "--config", str(tmp / "acdc.yaml"),
-                                      "--labeled-id-path", "-", "--unlabeled-id-path", "-",
-                                      "--save-path", str(tmp / "ref")])
+    monkeypatch.setattr(torch.optim, "SGD", grads(torch.optim.SGD))
+    monkeypatch.setattr(torch.optim, "AdamW", grads(torch.optim.AdamW))
+    monkeypatch.setattr(sys, "argv", [script, *argv])
     torch.manual_seed(0)
-    with reference_imports(acdc, **stubs), pytest.raises(_Stop):
-        runpy.run_path(str(acdc / "train_cross_match.py"), run_name="__main__")
+    with reference_imports(folder, **stubs), pytest.raises(_Stop):
+        runpy.run_path(str(folder / script), run_name="__main__")
     return got
 
 
-def test_one_acdc_crossmatch_step_equals_the_reference(tmp_path, monkeypatch):
-    """With ``source_pass: train`` (the reference's CutMix-source passes) one
-    step gives the reference's loss terms, gradients and batch-norm statistics."""
-    acdc = reference_dir("ACDC")
-    tau = 0.3  # at initialisation no pixel reaches 0.95: a lower threshold makes every term count
-    batch = _acdc_batch()
-    ref = run_reference_acdc_step(acdc, batch, tau, tmp_path, monkeypatch)
-    monkeypatch.undo()
-
-    model = build_model(2, 1, 4)
+def check_our_step(ref: dict, batch: dict, dataset: str, model: nn.Module, hp: dict, monkeypatch) -> dict:
+    """Our CrossMatch step from the reference's initial weights and RNG state,
+    on the same batch and strong views; checks the gradients and batch-norm
+    statistics against the reference's and returns our logged values."""
+    from crossmatch.data.augment import apply_cutmix
     load_reference_state(model, ref["init"])
     cls = get_method("crossmatch")
-    method = cls(model, get_spec("acdc"), cls.hyperparameters("acdc", {"tau": tau, "source_pass": "train"}))
-    from crossmatch.data.augment import apply_cutmix
+    method = cls(model, get_spec(dataset), cls.hyperparameters(dataset, hp))
     views = ([apply_cutmix(batch["s1"], batch["s1_mix"], batch["box1"]),
               apply_cutmix(batch["s2"], batch["s2_mix"], batch["box2"])], [batch["box1"], batch["box2"]])
     monkeypatch.setattr("crossmatch.methods.crossmatch.strong_views", lambda *a, **k: views)
@@ -294,33 +296,111 @@ def test_one_acdc_crossmatch_step_equals_the_reference(tmp_path, monkeypatch):
     torch.set_rng_state(ref["rng"])
     logs = method.training_step({k: batch[k] for k in ("x", "y", "u", "u_mix")}, ctx)
 
-    s, eta = ref["scalars"], method.hp["eta"]
+    # the reference's gradients, in its parameters' order, put in our parameters' places
+    names = [k for k, v in ref["net"].named_parameters()]
+    probe = copy.deepcopy(model)
+    load_reference_state(probe, {**ref["init"], **dict(zip(names, ref["grads"]))})
+    theirs = {name: g.detach() for name, g in probe.named_parameters()}
+    ours = dict(model.named_parameters())
+    flat = lambda gs: torch.cat([g.flatten() for g in gs])  # noqa: E731
+    a, b = flat(ours[n].grad for n in theirs), flat(theirs.values())
+    assert float((a - b).norm() / b.norm()) < 1e-5
+    # every weight tensor on its own scale (conv biases in front of batch norm have a
+    # zero gradient in exact arithmetic, float noise here: left to the global check)
+    errs = {n: float((ours[n].grad - g).abs().max() / g.abs().max()) for n, g in theirs.items() if g.dim() > 1}
+    worst = max(errs, key=errs.get)
+    assert errs[worst] < 1e-4, (worst, errs[worst])
+    # batch-norm running statistics: both codes ran the same train-mode passes
+    load_reference_state(probe, ref["net"].state_dict())
+    for (n, x), y in zip(model.named_buffers(), probe.buffers()):
+        assert torch.allclose(x.float(), y.float(), rtol=1e-5, atol=1e-6), n
+    return logs
+
+
+def kd_of(logs: dict, eta: float) -> float:
+    tkd = np.mean([logs[k] for k in ("tkd_w_dw", "tkd_w_ds", "tkd_s_dw", "tkd_s_ds")])
+    return (1 - eta) * tkd + eta * (logs["dkd_dw"] + logs["dkd_ds"]) / 2
+
+
+def test_one_acdc_crossmatch_step_equals_the_reference(tmp_path, monkeypatch):
+    """With ``source_pass: train`` (the reference's CutMix-source passes) one
+    step gives the reference's loss terms, gradients and batch-norm statistics."""
+    acdc = reference_dir("ACDC")
+    tau = 0.3  # at initialisation no pixel reaches 0.95: a lower threshold makes every term count
+    batch = _batch((32, 32), 4)
+    cfg = yaml.safe_load((acdc / "configs" / "acdc.yaml").read_text())
+    cfg.update(conf_thresh=tau, batch_size=2, crop_size=32)
+    (tmp_path / "acdc.yaml").write_text(yaml.safe_dump(cfg))
+
+    class Dataset:
+        def __init__(self, name, root, mode, size=None, id_path=None, nsample=None):
+            self.mode, self.ids = mode, ["stand-in"] * 16
+
+    stubs = {"dataset": _module("dataset"), "dataset.acdc": _module("dataset.acdc", ACDCDataset=Dataset),
+             "util.dist_helper": _module("util.dist_helper", setup_distributed=lambda **k: (0, 1))}
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.chdir(acdc)
+    ref = run_reference_step(acdc, "train_cross_match.py",
+                             ["--config", str(tmp_path / "acdc.yaml"), "--labeled-id-path", "-",
+                              "--unlabeled-id-path", "-", "--save-path", str(tmp_path / "ref")],
+                             batch, stubs, "train/mask_ratio", monkeypatch)
+    monkeypatch.undo()
+    logs = check_our_step(ref, batch, "acdc", build_model(2, 1, 4), {"tau": tau, "source_pass": "train"},
+                          monkeypatch)
+    s = ref["scalars"]
     assert 0 < logs["mask_ratio"] < 1
     assert logs["mask_ratio"] == pytest.approx(s["train/mask_ratio"], abs=1e-7)
     assert logs["sup"] == pytest.approx(s["train/loss_x"], rel=1e-6)
     assert (logs["ip_s1"] + logs["ip_s2"]) / 2 == pytest.approx(s["train/loss_s"], rel=1e-6)
-    tkd = np.mean([logs[k] for k in ("tkd_w_dw", "tkd_w_ds", "tkd_s_dw", "tkd_s_ds")])
-    kd = (1 - eta) * tkd + eta * (logs["dkd_dw"] + logs["dkd_ds"]) / 2
-    assert kd == pytest.approx(s["train/loss_kd"], rel=1e-6)
+    assert kd_of(logs, 0.3) == pytest.approx(s["train/loss_kd"], rel=1e-6)
     assert logs["loss"] == pytest.approx(s["train/loss_all"], rel=1e-6)
 
-    ours = dict(model.named_parameters())
-    probe = build_model(2, 1, 4)
-    load_reference_state(probe, {**ref["init"], **ref["grads"]})  # the gradients, in the weights' places
-    mapped = {name: g.detach() for name, g in probe.named_parameters()}
-    flat = lambda gs: torch.cat([g.flatten() for g in gs])  # noqa: E731
-    a, b = flat(ours[n].grad for n in mapped), flat(mapped.values())
-    assert float((a - b).norm() / b.norm()) < 1e-5
-    # every weight tensor on its own scale (conv biases in front of batch norm have a
-    # zero gradient in exact arithmetic, float noise here: left to the global check)
-    errs = {n: float((ours[n].grad - g).abs().max() / g.abs().max()) for n, g in mapped.items() if g.dim() > 1}
-    worst = max(errs, key=errs.get)
-    assert errs[worst] < 1e-4, (worst, errs[worst])
-    # batch-norm running statistics: both codes ran the same train-mode passes
-    probe_bn = build_model(2, 1, 4)
-    load_reference_state(probe_bn, ref["net"].state_dict())
-    for (n, a), b in zip(model.named_buffers(), probe_bn.buffers()):
-        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), n
+
+def test_one_la_crossmatch_step_equals_the_reference(tmp_path, monkeypatch):
+    """The LA script (V-Net, AdamW, ramped threshold: its first iteration uses
+    --conf_thresh as given) on a 32x32x16 batch, with ``source_pass: train``."""
+    import logging
+    import shutil
+    la = reference_dir("LA/code")
+    tau = 0.6
+    batch = _batch((32, 32, 16), 2)
+
+    class Dataset:
+        def __init__(self, base_dir=None, mode=None, num=None, transform=None, id_path=None):
+            self.mode = mode
+
+        def __len__(self):
+            return 16
+
+    stubs = {"torchvision": _module("torchvision"),
+             "torchvision.transforms": _module("torchvision.transforms", Compose=lambda ts: None),
+             "torchvision.utils": _module("torchvision.utils", make_grid=lambda *a, **k: None),
+             "dataloaders": _module("dataloaders"),
+             "dataloaders.la_heart": _module("dataloaders.la_heart", LAHeart=Dataset, RandomCrop=lambda *a: None,
+                                             RandomRotFlip=lambda *a: None, ToTensor=lambda *a: None),
+             "test_util": _module("test_util", test_all_case=None)}
+    stubs["torchvision"].transforms, stubs["torchvision"].utils = stubs["torchvision.transforms"], stubs["torchvision.utils"]
+    work = tmp_path / "a" / "b"  # the script writes ../model/<exp>/ and copies "." into it
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(shutil, "copytree", lambda *a, **k: None)
+    handlers = list(logging.getLogger().handlers)
+    try:
+        ref = run_reference_step(la, "train_cross_match.py",
+                                 ["--conf_thresh", str(tau), "--label_num", "4", "--max_iterations", "100",
+                                  "--optimizer", "AdamW", "--base_lr", "0.001", "--batch_size", "2"],
+                                 batch, stubs, "loss/loss", monkeypatch)
+    finally:
+        logging.getLogger().handlers[:] = handlers
+    monkeypatch.undo()
+    logs = check_our_step(ref, batch, "la", build_model(3, 1, 2, decoder_dropout=0.5),
+                          {"tau": tau, "source_pass": "train"}, monkeypatch)
+    s = ref["scalars"]
+    assert 0 < logs["mask_ratio"] < 1
+    assert logs["sup"] == pytest.approx(s["loss/loss_x"], rel=1e-6)
+    assert kd_of(logs, 0.3) == pytest.approx(s["loss/loss_u_kd"], rel=1e-6)
+    assert logs["loss"] == pytest.approx(s["loss/loss"], rel=1e-6)
 
 
 # ------------------------------------------------------- LA threshold ramp
