@@ -380,7 +380,7 @@ def test_one_la_crossmatch_step_equals_the_reference(tmp_path, monkeypatch):
                                              RandomRotFlip=lambda *a: None, ToTensor=lambda *a: None),
              "test_util": _module("test_util", test_all_case=None)}
     stubs["torchvision"].transforms, stubs["torchvision"].utils = stubs["torchvision.transforms"], stubs["torchvision.utils"]
-    work = tmp_path / "a" / "b"  # the script writes ../model/<exp>/ and copies "." into it
+    work = tmp_path / "a" / "b"  # the script writes ../model/<exp>/ and archives "." into it
     work.mkdir(parents=True)
     monkeypatch.chdir(work)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
