@@ -10,7 +10,9 @@ import pytest
 from crossmatch.data.h5 import write_case
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+SHARED = (REPO / ".." / "shared").resolve()
+SHARED_DATA = SHARED / "data"
+REFERENCE = SHARED / "reference" / "AiEson-CrossMatch"   # the public CrossMatch code
 
 
 def phantom_2d(rng: np.random.Generator, n_slices: int = 4, size: int = 48):
@@ -62,11 +64,18 @@ def tiny_overrides(dataset: dict, **train) -> dict:
     return {"dataset": dataset, "train": t}
 
 
-def needs_shared_data(sub: str) -> Path:
-    path = SHARED_DATA / sub
+def _needs(path: Path, what: str) -> Path:
     if not path.exists():
-        pytest.skip(f"real data not found at {path} (CI has it; a fresh clone may not)")
+        pytest.skip(f"{what} not found at {path} (CI has it; a fresh clone may not)")
     return path
+
+
+def needs_shared_data(sub: str) -> Path:
+    return _needs(SHARED_DATA / sub, "real data")
+
+
+def needs_reference(sub: str) -> Path:
+    return _needs(REFERENCE / sub, "reference code")
 
 
 @pytest.fixture

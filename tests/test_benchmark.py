@@ -68,3 +68,24 @@ def test_median_step_seconds_leaves_out_validation_iterations(tmp_path):
                    "5,0.5,35.0,\n6,0.4,36.0,\n")
     assert median_step_seconds(log) == 1.0
     assert median_step_seconds(tmp_path / "absent.csv") is None
+
+
+def test_reference_comparison_pools_the_seed_variances(tmp_path):
+    """benchmarks/reference/compare.py: the acceptance test of the fidelity issue
+    (|mean difference| within one pooled standard deviation)."""
+    script = SCRIPT.parent / "reference" / "compare.py"
+
+    def runs(path, dice):
+        rows = [{"method": "crossmatch", "checkpoint": "final", "seed": s, "dice": d} for s, d in enumerate(dice)]
+        path.write_text(json.dumps({"runs": rows}))
+        return str(path)
+
+    out = tmp_path / "parity.json"
+    res = subprocess.run([sys.executable, str(script), runs(tmp_path / "a.json", [0.40, 0.50, 0.60]),
+                          runs(tmp_path / "b.json", [0.30, 0.40]), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    row = json.loads(out.read_text())["rows"][0]
+    # sums of squares 0.02 + 0.005 over 2 + 1 degrees of freedom
+    assert row["pooled_std"] == pytest.approx((0.025 / 3) ** 0.5)
+    assert row["difference"] == pytest.approx(0.15) and row["within_one_pooled_std"] is False

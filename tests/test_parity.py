@@ -30,15 +30,7 @@ from crossmatch.methods import StepContext, get_method
 from crossmatch.models import build_model
 from crossmatch.models.reference import load_reference_state
 
-REPO = Path(__file__).resolve().parents[1]
-REFERENCE = (REPO / ".." / "shared" / "reference" / "AiEson-CrossMatch").resolve()
-
-
-def reference_dir(sub: str) -> Path:
-    path = REFERENCE / sub
-    if not path.is_dir():
-        pytest.skip(f"reference code not found at {path} (CI has it; a fresh clone may not)")
-    return path
+from conftest import needs_reference
 
 
 @contextlib.contextmanager
@@ -73,7 +65,7 @@ def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> float:
 
 # ------------------------------------------------------------------ networks
 def test_unet_and_perturbation_streams_equal_the_reference():
-    acdc = reference_dir("ACDC")
+    acdc = needs_reference("ACDC")
     with reference_imports(acdc):
         from model.unet import UNet
         torch.manual_seed(0)
@@ -104,7 +96,7 @@ def test_unet_and_perturbation_streams_equal_the_reference():
 
 
 def test_unet_transpose_is_not_the_reference():
-    acdc = reference_dir("ACDC")
+    acdc = needs_reference("ACDC")
     with reference_imports(acdc):
         from model.unet import UNet
         ref = UNet(in_chns=1, class_num=4)
@@ -113,7 +105,7 @@ def test_unet_transpose_is_not_the_reference():
 
 
 def test_vnet_and_perturbation_streams_equal_the_reference():
-    la = reference_dir("LA/code")
+    la = needs_reference("LA/code")
     with reference_imports(la):
         from networks.vnet import VNet
         torch.manual_seed(0)
@@ -140,7 +132,7 @@ def test_vnet_and_perturbation_streams_equal_the_reference():
 # -------------------------------------------------------------------- losses
 def test_dice_losses_equal_the_reference():
     g = torch.Generator().manual_seed(0)
-    acdc, la = reference_dir("ACDC"), reference_dir("LA/code")
+    acdc, la = needs_reference("ACDC"), needs_reference("LA/code")
     logits = torch.randn(3, 4, 16, 16, generator=g)
     target = torch.randint(0, 4, (3, 16, 16), generator=g)
     conf = torch.rand(3, 16, 16, generator=g)
@@ -325,7 +317,7 @@ def kd_of(logs: dict, eta: float) -> float:
 def test_one_acdc_crossmatch_step_equals_the_reference(tmp_path, monkeypatch):
     """With ``source_pass: train`` (the reference's CutMix-source passes) one
     step gives the reference's loss terms, gradients and batch-norm statistics."""
-    acdc = reference_dir("ACDC")
+    acdc = needs_reference("ACDC")
     tau = 0.3  # at initialisation no pixel reaches 0.95: a lower threshold makes every term count
     batch = _batch((32, 32), 4)
     cfg = yaml.safe_load((acdc / "configs" / "acdc.yaml").read_text())
@@ -361,7 +353,7 @@ def test_one_la_crossmatch_step_equals_the_reference(tmp_path, monkeypatch):
     --conf_thresh as given) on a 32x32x16 batch, with ``source_pass: train``."""
     import logging
     import shutil
-    la = reference_dir("LA/code")
+    la = needs_reference("LA/code")
     tau = 0.6
     batch = _batch((32, 32, 16), 2)
 
@@ -407,7 +399,7 @@ def test_one_la_crossmatch_step_equals_the_reference(tmp_path, monkeypatch):
 def test_la_threshold_is_the_references_ramp():
     """LA by default: --conf_thresh 0.75 ramped over 17,000 iterations, times ln 2,
     each iteration using the value computed at the end of the previous one."""
-    la = reference_dir("LA/code")
+    la = needs_reference("LA/code")
     from crossmatch.methods.crossmatch import reference_ramp
     hp = get_method("crossmatch").hyperparameters("la", {})
     assert (hp["tau"], hp["tau_schedule"], hp["ramp_length"]) == (0.75, "reference_ramp", 17000)
@@ -437,7 +429,7 @@ class Draws:
 def test_weak_view_geometry_equals_the_reference_transforms(monkeypatch):
     from scipy.ndimage import zoom
     from crossmatch.data.augment import resize, rot_flip, rotate
-    acdc = reference_dir("ACDC")
+    acdc = needs_reference("ACDC")
     rng = np.random.default_rng(0)
     img, lab = rng.random((40, 56)).astype(np.float32), rng.integers(0, 4, (40, 56)).astype(np.uint8)
     with reference_imports(acdc):
@@ -466,7 +458,7 @@ def test_cutmix_boxes_follow_the_reference_distribution():
     import random
     from scipy.stats import ks_2samp
     from crossmatch.data.augment import cutmix_boxes
-    acdc = reference_dir("ACDC")
+    acdc = needs_reference("ACDC")
     n, size = 2000, 64
 
     def stats(boxes):

@@ -1,0 +1,60 @@
+"""Ours against the reference code at the same budget: per method and
+checkpoint, the mean Dice over seeds on each side, the pooled standard
+deviation, the difference and whether it is within one pooled std (the
+acceptance of the fidelity issue). Reads ``summarise_runs.py`` JSONs.
+
+  python benchmarks/reference/compare.py benchmarks/results/acdc_l3_cpu_bilinear.json \
+      benchmarks/results/acdc_l3_cpu_reference.json [--out benchmarks/results/acdc_l3_cpu_parity.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+
+def dice_by_seed(path: Path) -> dict[tuple[str, str], dict[int, float]]:
+    out: dict[tuple[str, str], dict[int, float]] = {}
+    for r in json.loads(path.read_text())["runs"]:
+        out.setdefault((r["method"], r["checkpoint"]), {})[r["seed"]] = r["dice"]
+    return out
+
+
+def pooled_std(a: list[float], b: list[float]) -> float | None:
+    """sqrt of the two samples' pooled variance (None with one seed on each side)."""
+    dof = (len(a) - 1) + (len(b) - 1)
+    if dof < 1:
+        return None
+    ss = sum((x - statistics.mean(a)) ** 2 for x in a) + sum((x - statistics.mean(b)) ** 2 for x in b)
+    return math.sqrt(ss / dof)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("ours", type=Path)
+    p.add_argument("reference", type=Path)
+    p.add_argument("--out", type=Path)
+    a = p.parse_args()
+    ours, ref = dice_by_seed(a.ours), dice_by_seed(a.reference)
+    rows = []
+    print("| method | checkpoint | ours (seeds) | reference (seeds) | difference | pooled std | within 1 std |")
+    print("|---|---|---|---|---|---|---|")
+    for key in sorted(set(ours) & set(ref)):
+        x, y = list(ours[key].values()), list(ref[key].values())
+        sd = pooled_std(x, y)
+        diff = statistics.mean(x) - statistics.mean(y)
+        within = None if sd is None else abs(diff) <= sd
+        rows.append({"method": key[0], "checkpoint": key[1], "ours": ours[key], "reference": ref[key],
+                     "ours_mean": statistics.mean(x), "reference_mean": statistics.mean(y),
+                     "difference": diff, "pooled_std": sd, "within_one_pooled_std": within})
+        fmt = lambda d: f"{100 * statistics.mean(d.values()):.1f} ({', '.join(f'{100 * v:.1f}' for v in d.values())})"  # noqa: E731
+        print(f"| {key[0]} | {key[1]} | {fmt(ours[key])} | {fmt(ref[key])} | {100 * diff:+.1f} | "
+              f"{'-' if sd is None else f'{100 * sd:.1f}'} | {'-' if within is None else within} |")
+    if a.out:
+        a.out.write_text(json.dumps({"ours": str(a.ours), "reference": str(a.reference), "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
