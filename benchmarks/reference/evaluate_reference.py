@@ -38,6 +38,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--config", default="config/experiments/acdc_l3_cpu.yaml")
     p.add_argument("--set", action="append", default=[], dest="sets")
+    p.add_argument("--limit", type=int, default=0, help="score the first N test cases only (a smoke test)")
     a = p.parse_args()
     cfg = config_mod.load(a.config, [f"method.name={a.method}", f"train.seed={a.seed}",
                                      "model.upsample=bilinear", *a.sets])
@@ -75,7 +76,7 @@ def main() -> None:
     save_checkpoint(a.run / "checkpoints" / "final.pt", model=model.state_dict(), iteration=final,
                     experiment=config_mod.experiment_id(cfg))
     for ckpt in ("final", "best"):
-        s = evaluate_run(a.run, ckpt, save_predictions=False)
+        s = evaluate_run(a.run, ckpt, save_predictions=False, limit=a.limit)
         print(f"{ckpt} (iteration {s['iteration']}): test Dice {100 * s['mean']['dice']['mean']:.1f}")
 
 
