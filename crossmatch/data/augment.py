@@ -174,16 +174,17 @@ def cutmix_boxes(n: int, spatial: tuple[int, ...], gen: torch.Generator, p: floa
     in the image, both drawn again until the box fits (``box_sides``). In 3D
     the LA code's own box indexes its axes inconsistently (its boxes can be
     cut at the border); here a 3D box always fits: sides are capped at the
-    image, the corner drawn where the box fits."""
+    image, the corner drawn where the box fits (so is a 2D box after 1,000
+    misses, in an image too narrow for the drawn volume)."""
     boxes = torch.zeros((n, *spatial), dtype=torch.bool)
     volume = math.prod(spatial)
     for i in range(n):
         if float(torch.rand(1, generator=gen)) >= p:
             continue
         v = float(_rand(gen, 1, *area)) * volume
-        while True:
+        for attempt in range(1000):
             sides = box_sides(v, float(_rand(gen, 1, *ratio)), len(spatial))
-            if len(spatial) == 3:
+            if len(spatial) == 3 or attempt == 999:  # (2D: an image too narrow for any aspect)
                 sides = [max(1, min(s, z)) for s, z in zip(spatial, sides)]
                 starts = [int(torch.randint(0, s - z + 1, (1,), generator=gen)) for s, z in zip(spatial, sides)]
             else:
