@@ -153,7 +153,9 @@ def test_2d_phantom_is_learnable(tmp_path):
 
 
 def test_3d_phantom_is_learnable(tmp_path):
-    # measured 0.70-0.83 over phantom seeds 0-2 (chance, all foreground: about 0.1)
-    dice = _learn(tmp_path, "la", dict(n_cases=8, size=(40, 40, 32)), 4,
-                  dict(iterations=30, batch_size=2, crop=[32, 32, 16], lr=2e-3), {"stride": [16, 16, 16]})
-    assert dice > 0.5
+    # 30 iterations: one training seed is noisy (measured 0.47 / 0.58 / 0.82 over
+    # training seeds 0-2, mean 0.62; chance, all foreground: about 0.1), so the mean is tested
+    dice = [_learn(tmp_path / f"s{seed}", "la", dict(n_cases=8, size=(40, 40, 32)), 4,
+                   dict(iterations=30, batch_size=2, crop=[32, 32, 16], lr=2e-3, seed=seed), {"stride": [16, 16, 16]})
+            for seed in range(3)]
+    assert np.mean(dice) > 0.5 and min(dice) > 0.3, dice
