@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import zoom
 
+from .data.augment import INTERPOLATIONS
+
 __all__ = ["predict_slices_2d", "sliding_window_3d"]
 
 DeviceLike = torch.device | str
@@ -117,9 +119,9 @@ def predict_slices_2d(
     """
     n_classes = _check_n_classes(n_classes)
     batch_size = _check_batch_size(batch_size)
-    if interpolation not in ("linear", "nearest"):
+    if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be linear or nearest, got {interpolation!r}")
-    order = 1 if interpolation == "linear" else 0
+    order = INTERPOLATIONS[interpolation]
     h, w = _check_int_tuple(size, 2, "size")
     vol = np.asarray(volume)
     if vol.ndim == 4 and vol.shape[-1] == 3:

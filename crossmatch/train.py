@@ -241,7 +241,7 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
 
     data = IterationBatches(splits.labeled, splits.unlabeled if method_cls.uses_unlabeled else None,
                             t["batch_size"], tuple(t["crop"]), spec.n_classes, t["seed"],
-                            t.get("interpolation", "linear"))
+                            t["interpolation"])
     stop = t["iterations"] if stop_after is None else min(t["iterations"], start + stop_after)
     loader = iteration_loader(data, start, stop, t["num_workers"])
     gen = torch.Generator()
