@@ -21,7 +21,7 @@ rule train:
         gpu=job_resource("gpu", 1),
         mem_mb=job_resource("mem_mb", 16000),
         runtime=job_resource("runtime", 720),
-    retries: 1
+    retries: config.get("retries", 1)
     conda:
         "../../envs/crossmatch-cuda.yaml"
     shell:
