@@ -7,6 +7,7 @@ diverged loss) are printed without a traceback and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from .errors import CrossMatchError
@@ -44,6 +45,10 @@ def _train(a: argparse.Namespace) -> None:
         import yaml
         print(yaml.safe_dump(cfg, sort_keys=False))
         return
+    # the job's log opens with what it ran: the command and the config it read
+    sets = "".join(f" --set {shlex.quote(x)}" for x in a.set)
+    print(f"crossmatch train{f' --config {a.config}' if a.config else ''}{sets} --out {a.out}\n"
+          f"experiment {config.experiment_id(cfg)}; resolved config -> {a.out}/config.yaml", flush=True)
     path = train(cfg, a.out, stop_after=a.stop_after)
     print(f"checkpoint: {path}")
 

@@ -5,7 +5,8 @@ checked by ``workflow/schemas/config.schema.yaml``) into
 
 - experiments: every run, keyed by its experiment id
   (``crossmatch.config.experiment_id``: the path spells the settings), each
-  with the raw experiment config the ``crossmatch train`` command receives;
+  with the settings the workflow config gives it (``raw``) and its resolved
+  config (``config``, what the run's ``experiment.yaml`` holds);
   a run shared by several tables (the default-setting run of an ablation is
   also a comparison cell) exists once;
 - tables: the comparison table of each dataset (method rows, from
@@ -21,7 +22,6 @@ fails when the workflow starts, naming the config key, before any job runs.
 from __future__ import annotations
 
 import copy
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -145,16 +145,20 @@ def _labels_all(method: str) -> bool:
         raise ConfigError(f"comparison.methods: {e}") from None
 
 
-def train_args(raw: dict[str, Any]) -> str:
-    """The experiment config as ``--set section.key=value`` arguments (shell-quoted):
-    the train command in a job's log is one a user can paste."""
-    out = []
-    for section, keys in raw.items():
-        for key, value in keys.items():
-            text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
-            text = text.removesuffix("\n...").strip()
-            out.append(f"--set {shlex.quote(f'{section}.{key}={text}')}")
-    return " ".join(out)
+def settings_text(raw: dict[str, Any]) -> str:
+    """The settings the workflow config gives one experiment, on one line
+    (``{dataset: {...}, method: {...}, ...}``, keys sorted): the workflow's rerun
+    trigger, so a changed setting re-runs exactly its experiments and a
+    changed code default re-runs nothing."""
+    return yaml.safe_dump(raw, default_flow_style=True, sort_keys=True, width=1_000_000).strip()
+
+
+def experiment_yaml(cfg: dict[str, Any], exp: str, run_dir: str) -> str:
+    """The text of a run's ``experiment.yaml``: the resolved experiment config
+    the workflow's ``train`` job reads (``crossmatch train --config``)."""
+    head = (f"# {exp}: the resolved experiment config (crossmatch/grid.py), as the workflow's\n"
+            f"# train job reads it: crossmatch train --config {run_dir}/experiment.yaml --out {run_dir}\n")
+    return head + yaml.safe_dump(cfg, sort_keys=False)
 
 
 def load_grid(path: str | Path) -> dict[str, Any]:

@@ -205,7 +205,8 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
         conflict = _resume_conflict(state["config"], cfg)
         if conflict:
             raise ConfigError(f"{run_dir} holds a run with other settings ({conflict}); resume it with "
-                              "its own config (see its config.yaml) or train into a new --out")
+                              "its own config (see its config.yaml), train into a new --out, or delete "
+                              f"{run_dir} to train it afresh with the new settings")
     write_yaml(run_dir / "config.yaml", {"experiment": exp, **cfg, "notes": splits.notes})
 
     device = pick_device(t["device"])

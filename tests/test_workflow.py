@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import crossmatch.config
 from conftest import REPO
 
 pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None and not (
@@ -69,7 +70,7 @@ def test_paper_grid_dry_run_counts_jobs_per_rule(workdir: Path) -> None:
     comparison = sum(len(d["labeled"]) * 3 + 1 for d in cfg["datasets"].values())
     # ablation variants equal to a default run share it: one run per distinct setting
     ablation = 2 * ((5 - 1) + (7 - 1) + (3 - 1) + (2 - 1) + (3 - 1))
-    assert n["train"] == n["evaluate"] == seeds * (comparison + ablation) == 219
+    assert n["experiment"] == n["train"] == n["evaluate"] == seeds * (comparison + ablation) == 219
     assert n["table"] == 4 + len(cfg["ablations"]) == 14
     # Pancreas-CT and ISIC have no manifest: preprocessing validates them itself
     assert n["check_data"] == 2 and n["preprocess"] == 4
@@ -177,3 +178,17 @@ def test_default_config_end_to_end_then_partial_rerun(workdir: Path) -> None:
     r = snakemake(workdir, "--cores", "2", "all", *cf, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
     assert "Nothing to be done" in snakemake(workdir, "--cores", "1", "-n", "all", *cf).stdout
+
+    # each job read its experiment.yaml: the grid's resolved config, and its log says so
+    for exp, e in grid["experiments"].items():
+        assert crossmatch.config.load(res / "runs" / exp / "experiment.yaml") == e["config"], exp
+    log = (res / "logs/train" / f"{exp}.log").read_text()
+    assert f"crossmatch train --config results/synthetic/runs/{exp}/experiment.yaml" in log, log[:500]
+    # a changed setting re-runs exactly the experiments it changes
+    cfg["datasets"]["isic"]["experiment"]["train"]["lr"] = 0.02
+    changed = workdir / "changed_lr.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    r = snakemake(workdir, "--cores", "1", "-n", "all", "--configfile", str(changed))
+    n = job_counts(r.stdout)
+    isic = sum(v["dataset"] == "isic" for v in grid["experiments"].values())
+    assert n["experiment"] == n["train"] == n["evaluate"] == isic, n

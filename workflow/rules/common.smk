@@ -97,8 +97,15 @@ def phantom_args(wildcards):
     return " ".join(args)
 
 
-def train_args(wildcards):
-    return xgrid.train_args(EXPS[wildcards.exp]["raw"])
+def experiment_settings(wildcards):
+    """What the config sets for one experiment, as `section.key=value` items:
+    the rerun trigger of its experiment.yaml and its training (a changed code
+    default re-runs nothing; a changed setting re-runs exactly its runs)."""
+    return xgrid.settings_text(EXPS[wildcards.exp]["raw"])
+
+
+def experiment_yaml(exp):
+    return xgrid.experiment_yaml(EXPS[exp]["config"], exp, run_dir(exp))
 
 
 def job_resource(key, default):

@@ -1,12 +1,31 @@
-# One job per experiment id. The job resumes from the run's own
+# One job per experiment id: `experiment` writes the experiment's resolved
+# config (from grid expansion, once), `train` reads it. The job resumes from the run's own
 # checkpoints/latest.pt when it is re-run (after a failure, a retry, a
 # kill or a preemption); only final.pt is declared, so Snakemake never
 # deletes the resumable state of an unfinished run.
 
 
+rule experiment:
+    output:
+        f"{R}/runs/{{exp}}/experiment.yaml",
+    log:
+        f"{R}/logs/experiment/{{exp}}.log",
+    params:
+        # the settings the config gives this experiment: a changed one re-writes the file
+        settings=experiment_settings,
+    localrule: True
+    run:
+        from crossmatch.io import write_text
+
+        write_text(output[0], experiment_yaml(wildcards.exp))
+        write_text(log[0], f"{wildcards.exp}: settings {params.settings}\n")
+
+
 rule train:
     input:
         data_ready,
+        # re-written when a setting of this experiment changes: the training re-runs
+        config=f"{R}/runs/{{exp}}/experiment.yaml",
     output:
         f"{R}/runs/{{exp}}/checkpoints/final.pt",
     log:
@@ -14,7 +33,6 @@ rule train:
     benchmark:
         f"{R}/benchmarks/train/{{exp}}.tsv"
     params:
-        args=train_args,
         out=lambda wc: run_dir(wc.exp),
     threads: job_threads
     resources:
@@ -25,5 +43,5 @@ rule train:
     conda:
         "../../envs/crossmatch-cuda.yaml"
     shell:
-        "python -m crossmatch train {params.args} --set train.threads={threads} --out {params.out} "
+        "python -m crossmatch train --config {input.config} --set train.threads={threads} --out {params.out} "
         ">> {log} 2>&1 || (tail -n 20 {log} >&2; exit 1)"
