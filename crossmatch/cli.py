@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="preprocessed root, e.g. results/data/acdc")
     s.add_argument("--missing-cases", choices=("error", "subset"),
                    help="cases named in the split lists but absent: fail (default) or skip them")
-    s.add_argument("--split-dir", help="folder of split lists laid out as config/splits/<dataset> "
+    s.add_argument("--split-dir", help="folder of split lists laid out as crossmatch/splits/<dataset> "
                    "(default: the shipped standard lists)")
     s.set_defaults(func=_preprocess)
 
@@ -137,10 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write the split lists of a dataset without community lists "
                                    "from its recorded seed: pancreas from its 82 case ids, isic "
                                    "from the 2594 image ids under --raw. The default --out is the "
-                                   "shipped folder config/splits/<dataset>.")
+                                   "shipped folder crossmatch/splits/<dataset>.")
     s.add_argument("--dataset", required=True, choices=("isic", "pancreas"))
     s.add_argument("--raw", help="raw data folder (isic: the ids are read from it)")
-    s.add_argument("--out", help="output folder (default: config/splits/<dataset>)")
+    s.add_argument("--out", help="output folder (default: crossmatch/splits/<dataset>)")
     s.set_defaults(func=_splits)
 
     s = sub.add_parser("phantom", help="write a small synthetic dataset in a real dataset's raw layout",

@@ -32,7 +32,7 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "missing_cases": ("error", "cases named in a list but absent: error | subset (drop them)"),
         "splits": ({}, "optional list files replacing the standard ones, by role: "
                        "labeled, unlabeled, val, test, train (the full training list)"),
-        "split_dir": ("", "folder of split lists laid out as config/splits/<name> "
+        "split_dir": ("", "folder of split lists laid out as crossmatch/splits/<name> "
                           "(empty: the shipped standard lists)"),
     },
     "model": {

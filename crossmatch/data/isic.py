@@ -21,7 +21,7 @@ first) and ``label`` H x W in ``volumes/ISIC_<id>.h5``, without spacing (the
 resize makes pixels anisotropic and dermoscopy has no common scale): mm
 distances are NaN, pixel distances are reported.
 
-Split lists (``config/splits/isic/``, shipped): 70 / 10 / 20 % train / val /
+Split lists (``crossmatch/splits/isic/``, shipped): 70 / 10 / 20 % train / val /
 test and 5 / 10 / 20 % of train labeled (nested), from seeded permutations
 (``SPLIT_SEED``) of the sorted image ids (``split_lists``). The 2594 ids
 (ISIC_0000000 .. ISIC_0016072) were taken from the public per-image
@@ -122,7 +122,7 @@ def split_lists(ids: list[str], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
 
 
 def shipped_lists(raw: Path | None) -> dict[str, list[str]]:
-    """The lists of the full training set under ``raw`` (what ``config/splits/isic`` holds)."""
+    """The lists of the full training set under ``raw`` (what ``crossmatch/splits/isic`` holds)."""
     if raw is None:
         raise DataError("isic: the lists are made from the image ids on disk; give --raw")
     ids = case_ids(raw)

@@ -34,7 +34,7 @@ such a copy use ``--missing-cases subset`` (``dataset.missing_cases:
 subset``). The split generator keeps both out of the labeled and validation
 lists so that the 3/6/12 labeled counts hold for either copy.
 
-Split lists (``config/splits/pancreas/``, LA's file scheme), written once by
+Split lists (``crossmatch/splits/pancreas/``, LA's file scheme), written once by
 ``python -m crossmatch splits --dataset pancreas`` (``split_lists``): 62
 train / 20 test from a permutation drawn with seed ``SPLIT_SEED``; labeled
 3/6/12 nested, from a second permutation of train; 6 validation cases

@@ -354,7 +354,7 @@ WRITERS = {"acdc": _write_acdc, "la": _write_la, "pancreas": _write_pancreas, "i
 def write_phantom(dataset: str, out: str | Path, n_cases: int | None = None,
                   size: tuple[int, ...] | None = None, seed: int = 0) -> dict:
     """Write the ``dataset`` phantom: ``out/raw/`` (the real raw layout) and
-    ``out/splits/`` (lists named and formatted as ``config/splits/<dataset>``).
+    ``out/splits/`` (lists named and formatted as ``crossmatch/splits/<dataset>``).
 
     ``n_cases``: patients for acdc (default 12: 8 train, 2 val, 2 test; two
     frames each), cases for la (default 14: 11 train of which 2 val, 3 test),

@@ -95,7 +95,7 @@ SOURCES: dict[str, Callable[[Path, str], Path]] = {name: f.source for name, f in
 
 def write_split_lists(dataset: str, raw: str | Path | None, out: str | Path | None = None) -> dict[str, list[str]]:
     """Generate a dataset's split lists (Pancreas-CT, ISIC) into ``out``
-    (default: the shipped folder ``config/splits/<dataset>``)."""
+    (default: the shipped folder ``crossmatch/splits/<dataset>``)."""
     spec = get_spec(dataset)
     fmt = FORMATS[dataset]
     if fmt.lists is None:

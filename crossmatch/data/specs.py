@@ -6,9 +6,12 @@ A new dataset is one ``DatasetSpec`` here plus a preprocessing function in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
-SPLITS_DIR = Path(__file__).resolve().parents[2] / "config" / "splits"
+# the standard split lists ship inside the package (package data), so an installed
+# wheel finds them from any working directory
+SPLITS_DIR = Path(str(resources.files("crossmatch") / "splits"))
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class DatasetSpec:
     # first class of the Dice losses: 0 = every class (UniMatch, 2D), 1 = foreground only (UA-MT, 3D)
     dice_from_class: int = 0
     dice_smooth: float = 1e-4      # the reference Dice's smoothing term (UniMatch 1e-4, UA-MT 1e-5)
-    # list files under config/splits/<name>/, by role; {n} is the labeled count
+    # list files under crossmatch/splits/<name>/, by role; {n} is the labeled count
     lists: dict[str, str] = field(default_factory=dict)
     # 2D datasets whose cases are single images (ISIC), not volumes of slices:
     # training reads volumes/ directly, there is no slices/ folder

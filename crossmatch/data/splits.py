@@ -1,6 +1,6 @@
 """Split lists: reading, checking against the disk, carving validation.
 
-List files are shipped in ``config/splits/<dataset>/`` verbatim from the
+List files are shipped in ``crossmatch/splits/<dataset>/`` verbatim from the
 community (SSL4MIS/UniMatch for ACDC, UA-MT for LA), or generated once from a
 recorded seed by ``generate_lists`` (Pancreas-CT, ISIC 2018; see
 ``crossmatch.data.pancreas`` and ``crossmatch.data.isic``). Entries are
@@ -21,7 +21,7 @@ from .specs import DatasetSpec
 
 MISSING_POLICIES = ("error", "subset")
 SPLIT_ROLES = ("labeled", "unlabeled", "val", "test", "train")
-VAL_SEED = 2026        # the seed that carved config/splits/la/val.list
+VAL_SEED = 2026        # the seed that carved crossmatch/splits/la/val.list
 VAL_SIZE = 8
 
 
