@@ -77,7 +77,8 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
 
     from crossmatch import config
     from crossmatch.data.specs import get_spec
-    from crossmatch.methods import StepContext, get_method
+    from crossmatch.methods import get_method
+    from crossmatch.methods.base import StepContext
     from crossmatch.train import make_model, make_optimizer, pick_device
 
     torch.set_num_threads(threads)
@@ -90,7 +91,7 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
     dev = pick_device(device)
     torch.manual_seed(0)
     model = make_model(cfg, spec).to(dev)
-    method = get_method(cfg["method"]["name"])(model, spec, {k: v for k, v in cfg["method"].items() if k != "name"})
+    method = get_method(cfg["method"]["name"]).load()(model, spec, {k: v for k, v in cfg["method"].items() if k != "name"})
     method.extra.to(dev)
     opt = make_optimizer(cfg, method.parameters())
     b, crop = shape["batch"], shape["crop"]

@@ -13,12 +13,11 @@ from typing import Any
 
 import yaml
 
-from .data.augment import INTERPOLATIONS
+from .choices import DROPOUT_TYPES, INTERPOLATIONS, UPSAMPLE_MODES
 from .data.specs import get_spec
 from .data.splits import MISSING_POLICIES, SPLIT_ROLES
 from .errors import ConfigError
-from .methods import get_method
-from .models import DROPOUT_TYPES, UPSAMPLE_MODES
+from .methods.catalog import METHODS, get_method
 
 # key: (default, help). None as default means "from the dataset spec".
 DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
@@ -248,10 +247,9 @@ def describe() -> str:
         for key, (default, help_) in keys.items():
             text = help_.replace("|", "\\|")  # a pipe would end the Markdown cell
             lines.append(f"| `{section}.{key}` | `{default}` | {text} |")
-    from .methods import METHODS
     for name, cls in METHODS.items():
         for key, default in cls.defaults.items():
             extra = {d: v[key] for d, v in cls.dataset_defaults.items() if key in v}
             note = f" (per dataset: {extra})" if extra else ""
-            lines.append(f"| `method.{key}` ({name}) | `{default}`{note} | see `crossmatch/methods/{name}.py` |")
+            lines.append(f"| `method.{key}` ({name}) | `{default}`{note} | see `crossmatch/methods/catalog.py` |")
     return "\n".join(lines)

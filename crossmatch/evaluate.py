@@ -27,9 +27,10 @@ from .data.splits import case_id
 from .errors import DataError
 from .inference import predict_slices_2d, sliding_window_3d
 from .io import atomic_path, write_json
+from .layout import EVAL_CHECKPOINTS, Run
 from .metrics import EMPTY_POLICY, METRIC_KEYS, case_metrics, dice, summarise
 
-CHECKPOINTS = ("final", "best")
+CHECKPOINTS = EVAL_CHECKPOINTS
 
 
 def predict_volume(model: torch.nn.Module, image: np.ndarray, spec: DatasetSpec, cfg: dict[str, Any],
@@ -61,7 +62,7 @@ def mean_dice(model: torch.nn.Module, spec: DatasetSpec, cfg: dict[str, Any], fi
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "config.yaml"
+    path = Run(run_dir).config
     if not path.is_file():
         raise DataError(f"{path} not found: is {run_dir} a training run directory?")
     return yaml.safe_load(path.read_text())
@@ -74,9 +75,9 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "final", device: str = "
 
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
-    run_dir = Path(run_dir)
+    run = Run(run_dir)
     cfg = load_run(run_dir)
-    ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    ckpt_path = run.checkpoint(checkpoint)
     if not ckpt_path.is_file():
         raise DataError(f"{ckpt_path} not found: the training run is not finished "
                         "(re-run `crossmatch train` with the same arguments to resume it)")
@@ -88,7 +89,6 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "final", device: str = "
     state = torch.load(ckpt_path, map_location=dev, weights_only=False)
     model.load_state_dict(state["model"])
 
-    out = run_dir / "eval" / checkpoint
     rows: list[dict[str, Any]] = []
     for path in tqdm(files, desc=f"evaluate {checkpoint}", unit="case"):
         image, label, spacing = read_case(path, spec.n_classes)
@@ -97,9 +97,9 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "final", device: str = "
         for r in case_metrics(pred, label, spec.n_classes, spacing or spec.spacing):
             rows.append({"case": case, "class_name": spec.class_names[r["class"] - 1], **r})
         if save_predictions:
-            with atomic_path(out / "predictions" / f"{case}.h5") as tmp, h5py.File(tmp, "w") as f:
+            with atomic_path(run.prediction(checkpoint, case)) as tmp, h5py.File(tmp, "w") as f:
                 f.create_dataset("pred", data=pred, compression="gzip", compression_opts=1)
-    with atomic_path(out / "metrics_per_case.csv") as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(run.per_case(checkpoint)) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -117,11 +117,10 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "final", device: str = "
         "spacing_known": spec.spacing is not None, "empty_policy": EMPTY_POLICY,
         "metrics": list(METRIC_KEYS),
     })
-    log = run_dir / "log.csv"
-    if log.is_file():
-        with open(log, newline="") as f:
+    if run.log.is_file():
+        with open(run.log, newline="") as f:
             last = list(csv.DictReader(f))[-1]
         summary["train_seconds"] = float(last["seconds"])
         summary["seconds_per_iteration"] = float(last["seconds"]) / int(last["iteration"])
-    write_json(out / "summary.json", summary)
+    write_json(run.summary(checkpoint), summary)
     return summary

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import zoom
 
-from .data.augment import INTERPOLATIONS
+from .choices import INTERPOLATIONS
 
 __all__ = ["predict_slices_2d", "sliding_window_3d"]
 

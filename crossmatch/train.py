@@ -2,13 +2,8 @@
 
 It owns the optimiser and poly schedule, AMP, deterministic seeding, the
 progress bar, the CSV log, validation with best-on-validation selection,
-checkpoints and resume. Run layout (``run_dir``):
-
-  config.yaml              resolved config (with the experiment id and notes)
-  log.csv                  one row per iteration: lr, every loss term, mask ratio, val score
-  checkpoints/latest.pt    resumable state (weights, method extras, optimiser, scaler, RNG, iteration)
-  checkpoints/best.pt      weights with the best validation Dice so far
-  checkpoints/final.pt     weights after the last iteration (written last: the run is done)
+checkpoints and resume. It writes ``config.yaml``, ``log.csv`` and
+``checkpoints/{latest,best,final}.pt`` of the run folder (``crossmatch.layout``).
 
 A re-run of the same command resumes from ``latest.pt``; batch ``t`` and its
 augmentations are a function of (seed, t), and the RNG states are restored,
@@ -37,13 +32,15 @@ import torch
 from tqdm import tqdm
 
 from .config import experiment_id
+from .layout import Run
 from .data.batches import IterationBatches, iteration_loader
 from .data.specs import DatasetSpec, get_spec
 from .data.splits import Splits, resolve_splits
 from .errors import ConfigError, TrainingDiverged
 from .evaluate import mean_dice
 from .io import atomic_path, write_yaml
-from .methods import StepContext, get_method
+from .methods import get_method
+from .methods.base import StepContext
 from .models import build_model
 from .runtime import tune_allocator
 
@@ -190,16 +187,16 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
     call (used to test resuming) without writing ``final.pt``.
     """
     run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
+    run = Run(run_dir)
     spec = get_spec(cfg["dataset"]["name"])
     t = cfg["train"]
     exp = experiment_id(cfg)
     # check data before any long work: list files, presence, subset policy
-    method_cls = get_method(cfg["method"]["name"])
+    method_cls = get_method(cfg["method"]["name"]).load()
     splits = splits_for(cfg)
-    for stale in ckpt_dir.glob(".*.tmp"):  # a save interrupted by a kill (crossmatch.io.atomic_path)
+    for stale in run.checkpoints.glob(".*.tmp"):  # a save interrupted by a kill (crossmatch.io.atomic_path)
         stale.unlink()
-    latest = ckpt_dir / "latest.pt"
+    latest, final = run.checkpoint("latest"), run.checkpoint("final")
     state = torch.load(latest, map_location="cpu", weights_only=False) if latest.is_file() else None
     if state is not None and "config" in state:
         conflict = _resume_conflict(state["config"], cfg)
@@ -207,7 +204,7 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
             raise ConfigError(f"{run_dir} holds a run with other settings ({conflict}); resume it with "
                               "its own config (see its config.yaml), train into a new --out, or delete "
                               f"{run_dir} to train it afresh with the new settings")
-    write_yaml(run_dir / "config.yaml", {"experiment": exp, **cfg, "notes": splits.notes})
+    write_yaml(run.config, {"experiment": exp, **cfg, "notes": splits.notes})
 
     device = pick_device(t["device"])
     if t["tune_allocator"] and device.type == "cpu":
@@ -236,11 +233,11 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
         elapsed = state.get("elapsed", 0.0)  # training seconds before the interruption
         if start < t["iterations"]:
             print(f"{exp}: resuming from iteration {start} ({latest})", flush=True)
-    if start >= t["iterations"] and (ckpt_dir / "final.pt").is_file():
-        return ckpt_dir / "final.pt"
-    log = CsvLog(run_dir / "log.csv", start)
+    if start >= t["iterations"] and final.is_file():
+        return final
+    log = CsvLog(run.log, start)
 
-    data = IterationBatches(splits.labeled, splits.unlabeled if method_cls.uses_unlabeled else None,
+    data = IterationBatches(splits.labeled, splits.unlabeled if method_cls.info.uses_unlabeled else None,
                             t["batch_size"], tuple(t["crop"]), spec.n_classes, t["seed"],
                             t["interpolation"])
     stop = t["iterations"] if stop_after is None else min(t["iterations"], start + stop_after)
@@ -289,7 +286,7 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
                 row["val_dice"] = score
                 if score > best[0]:
                     best = (score, done)
-                    save_checkpoint(ckpt_dir / "best.pt", model=model.state_dict(), iteration=done,
+                    save_checkpoint(run.checkpoint("best"), model=model.state_dict(), iteration=done,
                                     val_dice=score, experiment=exp)
                 method.train()
             log.add(row)
@@ -307,10 +304,10 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
     if stop < t["iterations"]:
         return latest
     if not t["val_every"]:  # no validation: the final weights are the selection
-        save_checkpoint(ckpt_dir / "best.pt", model=model.state_dict(), iteration=stop,
+        save_checkpoint(run.checkpoint("best"), model=model.state_dict(), iteration=stop,
                         val_dice=math.nan, experiment=exp)
-    save_checkpoint(ckpt_dir / "final.pt", model=model.state_dict(), iteration=stop, experiment=exp)
-    return ckpt_dir / "final.pt"
+    save_checkpoint(final, model=model.state_dict(), iteration=stop, experiment=exp)
+    return final
 
 
 def validate(model: torch.nn.Module, spec: DatasetSpec, cfg: dict[str, Any], files: list[Path],

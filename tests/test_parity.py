@@ -26,7 +26,8 @@ from torch import nn
 
 from crossmatch.data.specs import get_spec
 from crossmatch.losses import dice_loss, masked_dice, supervised_loss
-from crossmatch.methods import StepContext, get_method
+from crossmatch.methods import get_method
+from crossmatch.methods.base import StepContext
 from crossmatch.models import build_model
 from crossmatch.models.reference import load_reference_state
 
@@ -277,7 +278,7 @@ def check_our_step(ref: dict, batch: dict, dataset: str, model: nn.Module, hp: d
     statistics against the reference's and returns our logged values."""
     from crossmatch.data.augment import apply_cutmix
     load_reference_state(model, ref["init"])
-    cls = get_method("crossmatch")
+    cls = get_method("crossmatch").load()
     method = cls(model, get_spec(dataset), cls.hyperparameters(dataset, hp))
     views = ([apply_cutmix(batch["s1"], batch["s1_mix"], batch["box1"]),
               apply_cutmix(batch["s2"], batch["s2_mix"], batch["box2"])], [batch["box1"], batch["box2"]])

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 
 from crossmatch.data.h5 import write_case
 from crossmatch.errors import DataError
+from crossmatch.layout import Run
 from crossmatch.report import ablation_figure, main, qualitative, training_curves, write_table
 
 CASES = [f"patient{i:03d}_frame01" for i in range(5)]
@@ -207,3 +209,26 @@ def test_missing_summary_names_run(grid: dict[str, Any], tmp_path: Path, capsys:
     assert main(["table", "--grid", str(gpath), "--name", "comparison_acdc", "--out", str(tmp_path / "t"),
                  "--checkpoint", "final"]) == 0
     assert (tmp_path / "t.csv").is_file()
+
+
+def test_report_reads_only_the_runs_it_is_given(grid: dict[str, Any], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """`--runs` (what a workflow rule passes: its inputs): the table reads those
+    summaries, wherever they are, and refuses a table run that is not among them."""
+    gpath = tmp_path / "grid.json"
+    gpath.write_text(json.dumps(grid))
+    ids = [i for row in grid["tables"][0]["rows"] for c in row["cells"].values() for i in c]
+    runs = Path(grid["results"]) / "runs"
+    moved = tmp_path / "elsewhere" / "runs"
+    shutil.move(runs, moved)              # the given paths are read, not the grid's layout
+    given = [str(Run(moved / i).summary(c)) for i in ids for c in ("best", "final")]
+    out = tmp_path / "t"
+    assert main(["table", "--grid", str(gpath), "--name", "comparison_acdc", "--out", str(out),
+                 "--runs", *given]) == 0, capsys.readouterr().err
+    write_table(grid | {"results": str(moved.parent)}, "comparison_acdc", tmp_path / "u")   # by hand
+    assert out.with_suffix(".md").read_text() == (tmp_path / "u.md").read_text()
+    missing = ids[3]
+    partial = [g for g in given if f"/{missing}/" not in g]
+    assert main(["table", "--grid", str(gpath), "--name", "comparison_acdc", "--out", str(out),
+                 "--runs", *partial]) == 1
+    assert f"run {missing} is in the table but not among the runs given to the report" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from crossmatch import config
 from crossmatch.data.specs import get_spec
 from crossmatch.errors import ConfigError
 from crossmatch.losses import dice_loss
-from crossmatch.methods import StepContext
+from crossmatch.methods.base import StepContext
 from crossmatch.methods.semsim import (SemSim, SpatialFusion, affinity, cross_loss, rectify,
                                        region_prototypes, uncertainty_weight)
 from crossmatch.models import build_model

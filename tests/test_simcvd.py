@@ -14,7 +14,7 @@ from scipy.spatial import cKDTree
 from crossmatch import config
 from crossmatch.data.specs import get_spec
 from crossmatch.errors import ConfigError
-from crossmatch.methods import StepContext
+from crossmatch.methods.base import StepContext
 from crossmatch.methods.simcvd import SimCVD, ema_decay, info_nce
 from crossmatch.models import build_model
 from crossmatch.sdm import signed_distance_map

@@ -157,7 +157,7 @@ def test_split_backward_gives_the_same_gradient_as_one_backward():
     import contextlib
 
     from crossmatch.data.specs import get_spec
-    from crossmatch.methods import StepContext
+    from crossmatch.methods.base import StepContext
     from crossmatch.methods.crossmatch import CrossMatch
     from crossmatch.models import build_model
 

@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ..choices import INTERPOLATIONS
+
 
 # --------------------------------------------------------------- weak (numpy)
-INTERPOLATIONS = {"linear": 1, "nearest": 0}  # name -> scipy spline order of the image
 
 
 def rot_flip(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator):

@@ -1,13 +1,8 @@
-"""Methods by name: ``get_method("crossmatch")``. Every module of this
-package is imported here, so a new method is one new file with a
-``@register``-ed class."""
-import importlib
-import pkgutil
+"""Methods by name. ``get_method("crossmatch")`` is the torch-free
+declaration (``catalog.MethodInfo``: hyperparameters, defaults, checks);
+``get_method(name).load()`` imports and returns its implementation (a
+``base.Method`` subclass). A new method is its implementation file plus its
+entry in ``catalog.py``."""
+from .catalog import METHODS, MethodInfo, get_method
 
-from .base import METHODS, Method, StepContext, get_method
-
-for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name != "base":
-        importlib.import_module(f"{__name__}.{_mod.name}")
-
-__all__ = ["METHODS", "Method", "StepContext", "get_method"]
+__all__ = ["METHODS", "MethodInfo", "get_method"]

@@ -1,9 +1,10 @@
-"""The method interface and registry.
+"""The method interface: what a method implements on the shared trainer.
 
-A method is one class in one file: it declares its hyperparameters with
-defaults (``defaults``, optionally overridden per dataset in
-``dataset_defaults``) and implements ``training_step``. The shared trainer
-(``crossmatch.train``) owns everything else.
+A method is one ``Method`` subclass in one file, registered (``@register``)
+under the name its declaration has in ``crossmatch.methods.catalog`` (the
+hyperparameters, their defaults and checks, torch-free); it implements
+``training_step``. The shared trainer (``crossmatch.train``) owns everything
+else.
 
 Modules a method needs besides the segmentation network (extra heads, an
 EMA teacher) go in ``self.extra``: the trainer moves them to the device,
@@ -21,20 +22,16 @@ import torch
 from torch import nn
 
 from ..data.specs import DatasetSpec
+from .catalog import MethodInfo, get_method
 
-METHODS: dict[str, type["Method"]] = {}
+IMPLEMENTATIONS: dict[str, type["Method"]] = {}
 
 
 def register(cls: type["Method"]) -> type["Method"]:
-    METHODS[cls.name] = cls
+    """Register the implementation of the catalog's method ``cls.name``."""
+    cls.info = get_method(cls.name)
+    IMPLEMENTATIONS[cls.name] = cls
     return cls
-
-
-def get_method(name: str) -> type["Method"]:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; known: {sorted(METHODS)}") from None
 
 
 @dataclass
@@ -55,17 +52,15 @@ class StepContext:
 
 class Method:
     name: ClassVar[str]
-    uses_unlabeled: ClassVar[bool] = False
-    labels_all: ClassVar[bool] = False   # train on every training case labeled (upper bound)
-    dims: ClassVar[tuple[int, ...]] = (2, 3)  # dataset dimensions the method supports
-    defaults: ClassVar[dict[str, Any]] = {}
-    dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
-    # hyperparameters spelled in the experiment id (ablation axes)
-    id_keys: ClassVar[tuple[str, ...]] = ()
+    info: ClassVar[MethodInfo]   # the catalog's declaration (set by @register)
 
     def __init__(self, model: nn.Module, spec: DatasetSpec, hp: dict[str, Any]):
         self.model, self.spec, self.hp = model, spec, hp
         self.extra = nn.ModuleDict()
+
+    @classmethod
+    def hyperparameters(cls, dataset: str, given: dict[str, Any]) -> dict[str, Any]:
+        return cls.info.hyperparameters(dataset, given)
 
     def parameters(self) -> list[nn.Parameter]:
         """What the optimiser updates: the network and the trainable extras."""
@@ -77,30 +72,6 @@ class Method:
 
     def after_step(self, ctx: "StepContext") -> None:
         """Called after each optimiser step (e.g. to update an EMA teacher)."""
-
-    @classmethod
-    def hyperparameters(cls, dataset: str, given: dict[str, Any]) -> dict[str, Any]:
-        """Defaults, then per-dataset defaults, then ``given`` (unknown keys rejected).
-        A dataset of a dimension the method does not support is rejected here,
-        when the config is resolved, before any data is read."""
-        from ..data.specs import get_spec
-        from ..errors import ConfigError
-        dim = get_spec(dataset).dim
-        if dim not in cls.dims:
-            raise ConfigError(f"method.name: {cls.name} supports {'/'.join(f'{d}D' for d in cls.dims)} "
-                              f"datasets only; {dataset} is {dim}D")
-        hp = {**cls.defaults, **cls.dataset_defaults.get(dataset, {})}
-        for k, v in given.items():
-            if k not in hp:
-                raise ConfigError(f"method.{k}: not a hyperparameter of {cls.name!r}; "
-                                  f"valid keys: {sorted(hp)}")
-            hp[k] = v
-        cls.check(hp)
-        return hp
-
-    @classmethod
-    def check(cls, hp: dict[str, Any]) -> None:
-        """Raise ConfigError on an invalid hyperparameter value."""
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         """Run one iteration's forward/backward; return named values to log."""

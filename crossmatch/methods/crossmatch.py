@@ -31,14 +31,8 @@ import math
 import torch
 
 from ..data.augment import strong_views
-from ..errors import ConfigError
 from ..losses import masked_dice, mixed_pseudo_label, pseudo_label, supervised_loss
 from .base import Method, StepContext, register
-
-LOSS_FORMS = ("reference", "paper")
-TAU_SCHEDULES = ("constant", "reference_ramp")
-SOURCE_PASSES = ("eval", "train")
-
 
 def reference_ramp(tau: float, iteration: int, length: int) -> float:
     """The LA reference code's threshold (its ``train_cross_match.py``, with
@@ -57,40 +51,6 @@ def reference_ramp(tau: float, iteration: int, length: int) -> float:
 @register
 class CrossMatch(Method):
     name = "crossmatch"
-    uses_unlabeled = True
-    defaults = {
-        "tau": 0.95,            # confidence threshold of the pseudo-labels
-        "eta": 0.3,             # kd = (1 - eta) tkd + eta dkd
-        "w_kd": 0.5,            # weight of kd in the reference loss form (2D 0.5, 3D 1.0)
-        "strong_views": 2,      # 1 or 2 strong image views
-        "tkd": True,            # teacher -> perturbed-student distillation stream
-        "dkd": True,            # dropout-to-dropout cross distillation stream
-        "loss_form": "reference",  # reference: (sup + .25 s1 + .25 s2 + w_kd kd) / 2; paper: sup + ip + kd
-        "split_backward": True,  # back-propagate pass 2 before pass 3 (same gradient, ~half the memory)
-        "tau_schedule": "constant",  # constant | reference_ramp (LA reference code, ramp over ramp_length)
-        "source_pass": "eval",  # eval | train (the reference's CutMix-source passes, see the module doc)
-        "ramp_length": 17000,
-    }
-    # the 3D settings of the LA reference code (--conf_thresh 0.75, ramped; kd weight 1);
-    # Pancreas-CT (3D, no reference) takes them too
-    dataset_defaults = {"la": {"tau": 0.75, "tau_schedule": "reference_ramp", "w_kd": 1.0},
-                        "pancreas": {"tau": 0.75, "tau_schedule": "reference_ramp", "w_kd": 1.0}}
-    id_keys = ("tau", "eta")
-
-    @classmethod
-    def check(cls, hp: dict) -> None:
-        if not 0.0 <= hp["tau"] < 1.0:
-            raise ConfigError(f"method.tau must be in [0, 1), got {hp['tau']}")
-        if not 0.0 <= hp["eta"] <= 1.0:
-            raise ConfigError(f"method.eta must be in [0, 1], got {hp['eta']}")
-        if hp["strong_views"] not in (1, 2):
-            raise ConfigError(f"method.strong_views must be 1 or 2, got {hp['strong_views']}")
-        if hp["tau_schedule"] not in TAU_SCHEDULES:
-            raise ConfigError(f"method.tau_schedule must be one of {TAU_SCHEDULES}, got {hp['tau_schedule']!r}")
-        if hp["source_pass"] not in SOURCE_PASSES:
-            raise ConfigError(f"method.source_pass must be one of {SOURCE_PASSES}, got {hp['source_pass']!r}")
-        if hp["loss_form"] not in LOSS_FORMS:
-            raise ConfigError(f"method.loss_form must be one of {LOSS_FORMS}, got {hp['loss_form']!r}")
 
     def weights(self) -> dict[str, float]:
         """Linear weight of every named loss term in the total loss."""

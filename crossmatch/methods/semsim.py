@@ -42,12 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.augment import apply_cutmix, strong_views
-from ..errors import ConfigError
 from ..losses import dice_loss, masked_dice, pseudo_label, supervised_loss
 from ..models import FeatureDropout
 from .base import Method, StepContext, register
 
-FEATURE_SCALES = (4, 8, 16)
 ABSENT = -1e4  # query logit of a class no labeled pixel of the batch shows
 
 
@@ -196,46 +194,6 @@ def stage_channels(model: nn.Module) -> list[int]:
 @register
 class SemSim(Method):
     name = "semsim"
-    uses_unlabeled = True
-    dims = (2,)
-    defaults = {
-        "tau": 0.95,            # confidence threshold of the pseudo-labels
-        "w_u": 0.5,             # weight of L_u = .25 s1 + .25 s2 + .5 fp
-        "w_intra": 0.25,        # weight of the intra-image (affinity) term
-        "w_cross": 0.25,        # weight of the cross-image (prototype) term
-        "r": 1000.0,            # uncertainty weight exp(-r KL) of L_cross
-        "n_regions": 4,         # prototype sub-regions (a square: 4 = 2x2)
-        "feature_scale": 8,     # SFM / affinity grid: 1/8 of the input (4, 8 or 16)
-        "temperature": 0.1,     # of the cosine softmaxes (affinity and prototype query)
-        "fp_p": 0.5,            # channel dropout of the FP stream (UniMatch: 0.5)
-        "sfm_dim": 64,          # SFM token width
-        "sfm_window": 4,        # SFM matching window (positions of the feature grid)
-        "sfm_heads": 4,
-        "split_backward": True,  # back-propagate pass 2 before pass 3 (same gradient, less memory)
-    }
-    id_keys = ("tau",)
-
-    @classmethod
-    def check(cls, hp: dict) -> None:
-        if not 0.0 <= hp["tau"] < 1.0:
-            raise ConfigError(f"method.tau must be in [0, 1), got {hp['tau']}")
-        for key in ("w_u", "w_intra", "w_cross", "r"):
-            if hp[key] < 0:
-                raise ConfigError(f"method.{key} must be >= 0, got {hp[key]}")
-        n = hp["n_regions"]
-        if n < 1 or math.isqrt(n) ** 2 != n:
-            raise ConfigError(f"method.n_regions must be a square (1, 4, 9, ...), got {n}")
-        if hp["feature_scale"] not in FEATURE_SCALES:
-            raise ConfigError(f"method.feature_scale must be one of {FEATURE_SCALES}, got {hp['feature_scale']}")
-        if hp["temperature"] <= 0:
-            raise ConfigError(f"method.temperature must be > 0, got {hp['temperature']}")
-        if not 0.0 <= hp["fp_p"] < 1.0:
-            raise ConfigError(f"method.fp_p must be in [0, 1), got {hp['fp_p']}")
-        if hp["sfm_window"] < 1 or hp["sfm_heads"] < 1:
-            raise ConfigError("method.sfm_window and method.sfm_heads must be >= 1")
-        if hp["sfm_dim"] < 1 or hp["sfm_dim"] % hp["sfm_heads"]:
-            raise ConfigError(f"method.sfm_dim must be a positive multiple of method.sfm_heads "
-                              f"({hp['sfm_heads']}), got {hp['sfm_dim']}")
 
     def __init__(self, model: nn.Module, spec, hp: dict):
         super().__init__(model, spec, hp)

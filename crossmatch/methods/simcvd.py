@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.specs import DatasetSpec
-from ..errors import ConfigError
 from ..losses import supervised_loss
 from ..sdm import signed_distance_map
 from .base import Method, StepContext, register
@@ -113,37 +112,6 @@ def ema_decay(iteration: int, ceiling: float) -> float:
 @register
 class SimCVD(Method):
     name = "simcvd"
-    uses_unlabeled = True
-    dims = (3,)  # V-Net with a signed distance head; rejected at config resolution otherwise
-    defaults = {
-        "ema_decay": 0.999,       # ceiling of the teacher's EMA decay
-        "alpha": 0.1,             # weight of the SDM regression (labeled)
-        "lambda": 0.5,            # weight of the contrastive InfoNCE
-        "beta": 0.1,              # weight of the pairwise structural distillation
-        "gamma": 0.1,             # weight of the student-teacher consistency (unlabeled)
-        "temperature": 0.5,       # InfoNCE temperature
-        "n_voxels": 1024,         # voxels sampled per volume for contrast and distillation
-        "boundary_fraction": 0.5,  # share of them drawn near the predicted boundary
-        "proj_dim": 32,           # projection head output size
-        "noise_std": 0.1,         # teacher input noise: clip(N(0, std), -clip, clip) (UA-MT)
-        "noise_clip": 0.2,
-        "ramp_length": 6000,      # iterations of the consistency ramp-up (UA-MT: 40 x 150); 0: none
-    }
-
-    @classmethod
-    def check(cls, hp: dict) -> None:
-        if not 0.0 <= hp["ema_decay"] < 1.0:
-            raise ConfigError(f"method.ema_decay must be in [0, 1), got {hp['ema_decay']}")
-        for key in ("alpha", "lambda", "beta", "gamma", "noise_std", "noise_clip"):
-            if hp[key] < 0:
-                raise ConfigError(f"method.{key} must be >= 0, got {hp[key]}")
-        if hp["temperature"] <= 0:
-            raise ConfigError(f"method.temperature must be > 0, got {hp['temperature']}")
-        if not 0.0 <= hp["boundary_fraction"] <= 1.0:
-            raise ConfigError(f"method.boundary_fraction must be in [0, 1], got {hp['boundary_fraction']}")
-        for key, low in (("n_voxels", 2), ("proj_dim", 1), ("ramp_length", 0)):
-            if hp[key] < low:
-                raise ConfigError(f"method.{key} must be >= {low}, got {hp[key]}")
 
     def __init__(self, model: nn.Module, spec: DatasetSpec, hp: dict):
         super().__init__(model, spec, hp)

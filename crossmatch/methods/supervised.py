@@ -24,5 +24,4 @@ class Supervised(Method):
 
 @register
 class FullySupervised(Supervised):
-    name = "fully_supervised"
-    labels_all = True
+    name = "fully_supervised"   # labels_all (catalog): the trainer gives it every training case

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DROPOUT_TYPES = ("dropout", "alpha", "feature_alpha")
+from ..choices import DROPOUT_TYPES
+
 
 
 class FeatureDropout(nn.Module):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..choices import UPSAMPLE_MODES
 from .base import EncoderDecoder
 
 
@@ -30,7 +31,6 @@ class ConvBlock(nn.Sequential):
         )
 
 
-UPSAMPLE_MODES = ("bilinear", "transpose")
 
 
 class UpBlock(nn.Module):

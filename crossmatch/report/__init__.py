@@ -9,7 +9,7 @@ Python API::
 
 Command line (``main(argv)``, mounted as ``crossmatch report ...``)::
 
-    report table --grid G --name N --out PREFIX [--checkpoint best|final]
+    report table --grid G --name N --out PREFIX [--checkpoint best|final] [--runs SUMMARY ...]
     report figure --grid G --name N --out PREFIX [--checkpoint best|final]
     report curves --grid G --dataset D --out PREFIX
     report qualitative --grid G --dataset D --out PREFIX [--cases 3] [--checkpoint best|final]
@@ -56,6 +56,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         else:
             s.add_argument("--dataset", required=True, help="dataset of a comparison table, e.g. acdc")
         s.add_argument("--out", required=True, help="output prefix; suffixes are added")
+        s.add_argument("--runs", nargs="+", metavar="SUMMARY", help="read only these runs: their "
+                       "eval/<checkpoint>/summary.json (the workflow passes its rule's inputs); "
+                       "default: every run of the table under the grid's results folder")
         return s
 
     def checkpoint(s: argparse.ArgumentParser) -> None:
@@ -75,6 +78,9 @@ def run(args: argparse.Namespace) -> None:
     """Execute parsed report arguments."""
     from ..grid import load_grid
     grid = load_grid(args.grid)
+    if args.runs:
+        from .collect import with_runs
+        grid = with_runs(grid, args.runs)
     cmd = args.report_command
     if cmd == "table":
         write_table(grid, args.name, args.out, checkpoint=args.checkpoint)

@@ -1,9 +1,10 @@
 """Reading what the workflow wrote: grid tables, run summaries, logs, reported values.
 
 Everything the report shows comes from ``grid.json`` (``crossmatch.grid.expand``)
-and the run folders ``<grid.results>/runs/<experiment id>/`` (``log.csv``,
+and the run folders (``crossmatch.layout``: ``log.csv``,
 ``eval/<checkpoint>/summary.json``, ``metrics_per_case.csv`` and
-``predictions/<case>.h5``, written by ``crossmatch.evaluate``). A missing
+``predictions/<case>.h5``, written by ``crossmatch.evaluate``): those the
+workflow rule passed (``with_runs``), or by hand ``<grid.results>/runs/<id>/``. A missing
 file is a ``DataError`` naming the run and the command that produces it.
 """
 from __future__ import annotations
@@ -17,9 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import layout
 from ..errors import DataError
-
-CHECKPOINTS = ("best", "final")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,35 @@ def first_cell(table: dict[str, Any], row: dict[str, Any]) -> tuple[str, list[st
 
 
 def run_dir(grid: dict[str, Any], rid: str) -> Path:
-    return Path(grid["results"]) / "runs" / rid
+    """The run folder of ``rid``. With ``grid["run_dirs"]`` (the runs a workflow
+    rule passed as its inputs, ``with_runs``) only those: a report never reads a
+    run its rule does not depend on. Without it (by hand), the grid's layout."""
+    given = grid.get("run_dirs")
+    if given is None:
+        return layout.run_dir(grid["results"], rid)
+    if rid not in given:
+        raise DataError(f"run {rid} is in the table but not among the runs given to the report (--runs); "
+                        "pass its eval/<checkpoint>/summary.json (the workflow's report rules do)")
+    return Path(given[rid])
+
+
+def with_runs(grid: dict[str, Any], summaries: list[str | Path]) -> dict[str, Any]:
+    """``grid`` restricted to the runs of the given ``summary.json`` paths (the
+    experiment id is the one the summary records)."""
+    dirs: dict[str, str] = {}
+    for path in summaries:
+        run, _ = layout.Run.of_summary(path)
+        dirs[_read_json(Path(path), "a run summary")["experiment"]] = str(run.root)
+    return {**grid, "run_dirs": dirs}
+
+
+def _read_json(path: Path, what: str, hint: str = "") -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise DataError(f"{what} {path} cannot be read ({e.strerror}){hint}") from None
+    except ValueError as e:
+        raise DataError(f"{what} {path} is not valid JSON ({e}){hint}") from None
 
 
 def _evaluate_hint(grid: dict[str, Any], rid: str, checkpoint: str) -> str:
@@ -102,20 +130,16 @@ def _evaluate_hint(grid: dict[str, Any], rid: str, checkpoint: str) -> str:
             "(or let the workflow run the evaluation: `snakemake --cores 2 all_tables`)")
 
 
-def eval_dir(grid: dict[str, Any], rid: str, checkpoint: str) -> Path:
-    if checkpoint not in CHECKPOINTS:
-        raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
-    return run_dir(grid, rid) / "eval" / checkpoint
+def run_files(grid: dict[str, Any], rid: str) -> layout.Run:
+    return layout.Run(run_dir(grid, rid))
 
 
 def load_summary(grid: dict[str, Any], rid: str, checkpoint: str) -> dict[str, Any]:
-    path = eval_dir(grid, rid, checkpoint) / "summary.json"
+    path = run_files(grid, rid).summary(checkpoint)
+    hint = f"; {_evaluate_hint(grid, rid, checkpoint)}"
     if not path.is_file():
-        raise DataError(f"run {rid}: {path} not found; {_evaluate_hint(grid, rid, checkpoint)}")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise DataError(f"run {rid}: {path} is not valid JSON ({e}); {_evaluate_hint(grid, rid, checkpoint)}")
+        raise DataError(f"run {rid}: {path} not found{hint}")
+    return _read_json(path, f"run {rid}:", hint)
 
 
 def summary_mean(summary: dict[str, Any], key: str) -> float | None:
@@ -135,7 +159,7 @@ def aggregate(values: list[float | None], scale: float = 1.0) -> Stat:
 
 def per_case_dice(grid: dict[str, Any], rid: str, checkpoint: str) -> dict[str, float]:
     """Case id -> mean Dice over foreground classes, from ``metrics_per_case.csv``."""
-    path = eval_dir(grid, rid, checkpoint) / "metrics_per_case.csv"
+    path = run_files(grid, rid).per_case(checkpoint)
     if not path.is_file():
         raise DataError(f"run {rid}: {path} not found; {_evaluate_hint(grid, rid, checkpoint)}")
     scores: dict[str, list[float]] = {}
@@ -146,7 +170,7 @@ def per_case_dice(grid: dict[str, Any], rid: str, checkpoint: str) -> dict[str, 
 
 
 def prediction_path(grid: dict[str, Any], rid: str, checkpoint: str, case: str) -> Path:
-    path = eval_dir(grid, rid, checkpoint) / "predictions" / f"{case}.h5"
+    path = run_files(grid, rid).prediction(checkpoint, case)
     if not path.is_file():
         raise DataError(f"run {rid}: {path} not found; {_evaluate_hint(grid, rid, checkpoint)} "
                         "without --no-predictions")
@@ -155,7 +179,7 @@ def prediction_path(grid: dict[str, Any], rid: str, checkpoint: str, case: str) 
 
 def read_log(grid: dict[str, Any], rid: str) -> dict[str, np.ndarray]:
     """``log.csv`` as columns of floats (blank cells -> NaN)."""
-    path = run_dir(grid, rid) / "log.csv"
+    path = run_files(grid, rid).log
     if not path.is_file():
         raise DataError(f"run {rid}: {path} not found; produce it with `crossmatch train --out "
                         f"{run_dir(grid, rid)} ...` (or the workflow: `snakemake --cores 2 all_tables`)")

@@ -18,6 +18,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 sys.path.insert(0, str(Path(workflow.basedir)))  # a checkout without `pip install -e .`
 from crossmatch.errors import ConfigError  # noqa: E402
 from crossmatch import grid as xgrid  # noqa: E402
+from crossmatch import layout  # noqa: E402
 
 try:
     GRID = xgrid.expand(config)
@@ -128,11 +129,17 @@ def output_prefix(wildcards, output):
 
 
 def run_dir(exp):
-    return f"{R}/runs/{exp}"
+    return str(layout.run_dir(R, exp))
+
+
+def run_file(what, *args):
+    """A file of the run folder of `{exp}` (a rule's pattern), e.g. run_file("summary", "best")."""
+    attr = getattr(layout.Run(run_dir("{exp}")), what)
+    return str(attr(*args) if callable(attr) else attr)
 
 
 def summaries(ids, ckpt="best"):
-    return [f"{R}/runs/{i}/eval/{ckpt}/summary.json" for i in ids]
+    return [str(layout.Run(run_dir(i)).summary(ckpt)) for i in ids]
 
 
 def table_runs(wildcards):

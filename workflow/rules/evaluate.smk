@@ -4,12 +4,12 @@
 
 rule evaluate:
     input:
-        f"{R}/runs/{{exp}}/checkpoints/final.pt",
+        run_file("checkpoint", "final"),
     output:
-        final=f"{R}/runs/{{exp}}/eval/final/summary.json",
-        best=f"{R}/runs/{{exp}}/eval/best/summary.json",
-        final_cases=f"{R}/runs/{{exp}}/eval/final/metrics_per_case.csv",
-        best_cases=f"{R}/runs/{{exp}}/eval/best/metrics_per_case.csv",
+        final=run_file("summary", "final"),
+        best=run_file("summary", "best"),
+        final_cases=run_file("per_case", "final"),
+        best_cases=run_file("per_case", "best"),
     log:
         f"{R}/logs/evaluate/{{exp}}.log",
     benchmark:

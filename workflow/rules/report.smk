@@ -33,7 +33,7 @@ rule table:
         "../../envs/crossmatch-cpu.yaml"
     shell:
         "python -m crossmatch report table --grid {input.grid} --name {wildcards.table} "
-        "--out {params.prefix} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+        "--runs {input.runs} --out {params.prefix} > {log} 2>&1 || (cat {log} >&2; exit 1)"
 
 
 rule ablation_figure:
@@ -52,7 +52,7 @@ rule ablation_figure:
         "../../envs/crossmatch-cpu.yaml"
     shell:
         "python -m crossmatch report figure --grid {input.grid} --name {wildcards.table} "
-        "--out {params.prefix} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+        "--runs {input.runs} --out {params.prefix} > {log} 2>&1 || (cat {log} >&2; exit 1)"
 
 
 rule training_curves:
@@ -72,7 +72,7 @@ rule training_curves:
         "../../envs/crossmatch-cpu.yaml"
     shell:
         "python -m crossmatch report curves --grid {input.grid} --dataset {wildcards.dataset} "
-        "--out {params.prefix} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+        "--runs {input.runs} --out {params.prefix} > {log} 2>&1 || (cat {log} >&2; exit 1)"
 
 
 rule qualitative:
@@ -93,5 +93,5 @@ rule qualitative:
         "../../envs/crossmatch-cpu.yaml"
     shell:
         "python -m crossmatch report qualitative --grid {input.grid} --dataset {wildcards.dataset} "
-        "--cases {params.cases} --out {params.prefix} > {log} 2>&1 "
+        "--cases {params.cases} --runs {input.runs} --out {params.prefix} > {log} 2>&1 "
         "|| (cat {log} >&2; exit 1)"

@@ -7,7 +7,7 @@
 
 rule experiment:
     output:
-        f"{R}/runs/{{exp}}/experiment.yaml",
+        run_file("experiment"),
     log:
         f"{R}/logs/experiment/{{exp}}.log",
     params:
@@ -25,9 +25,9 @@ rule train:
     input:
         data_ready,
         # re-written when a setting of this experiment changes: the training re-runs
-        config=f"{R}/runs/{{exp}}/experiment.yaml",
+        config=run_file("experiment"),
     output:
-        f"{R}/runs/{{exp}}/checkpoints/final.pt",
+        run_file("checkpoint", "final"),
     log:
         f"{R}/logs/train/{{exp}}.log",
     benchmark:

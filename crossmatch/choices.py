@@ -1,0 +1,7 @@
+"""The values of the config keys that pick an implementation, torch-free:
+config validation (and so the Snakemake process) reads them here, and the
+modules that implement them import them from here."""
+
+INTERPOLATIONS = {"linear": 1, "nearest": 0}  # image interpolation name -> scipy spline order
+DROPOUT_TYPES = ("dropout", "alpha", "feature_alpha")  # feature perturbation (models/perturb.py)
+UPSAMPLE_MODES = ("bilinear", "transpose")  # 2D UNet decoder upsampling (models/unet2d.py)

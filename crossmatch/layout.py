@@ -1,0 +1,77 @@
+"""Where things live: the one definition of a run folder's layout and of the
+workflow's results tree. Training, evaluation, the report and the Snakemake
+rules ask here instead of spelling paths (no torch: the workflow imports it).
+
+A run folder (``<results>/runs/<experiment id>/``)::
+
+  experiment.yaml          the resolved config the workflow's train job reads
+  config.yaml              what the trainer resolved (with the experiment id and notes)
+  log.csv                  one row per iteration: lr, every loss term, mask ratio, val score
+  checkpoints/latest.pt    resumable state (weights, method extras, optimiser, scaler, RNG, iteration)
+  checkpoints/best.pt      weights with the best validation Dice so far
+  checkpoints/final.pt     weights after the last iteration (written last: the run is done)
+  eval/<checkpoint>/       summary.json, metrics_per_case.csv, predictions/<case>.h5
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+EVAL_CHECKPOINTS = ("final", "best")   # what `crossmatch evaluate` scores on the test split
+
+
+def run_dir(results: str | Path, exp: str) -> Path:
+    """The run folder of experiment ``exp`` under the workflow's results folder."""
+    return Path(results) / "runs" / exp
+
+
+@dataclass(frozen=True)
+class Run:
+    """The paths of one run folder."""
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def experiment(self) -> Path:
+        return self.root / "experiment.yaml"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.csv"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, name: str) -> Path:
+        """``latest``, ``best`` or ``final``."""
+        return self.checkpoints / f"{name}.pt"
+
+    def eval_dir(self, checkpoint: str) -> Path:
+        if checkpoint not in EVAL_CHECKPOINTS:
+            raise ValueError(f"checkpoint must be one of {EVAL_CHECKPOINTS}, got {checkpoint!r}")
+        return self.root / "eval" / checkpoint
+
+    def summary(self, checkpoint: str) -> Path:
+        return self.eval_dir(checkpoint) / "summary.json"
+
+    def per_case(self, checkpoint: str) -> Path:
+        return self.eval_dir(checkpoint) / "metrics_per_case.csv"
+
+    def prediction(self, checkpoint: str, case: str) -> Path:
+        return self.eval_dir(checkpoint) / "predictions" / f"{case}.h5"
+
+    @classmethod
+    def of_summary(cls, path: str | Path) -> tuple["Run", str]:
+        """The run and checkpoint a ``summary.json`` path belongs to."""
+        path = Path(path)
+        run, checkpoint = cls(path.parents[2]), path.parent.name
+        if run.summary(checkpoint) != path:
+            raise ValueError(f"{path} is not a run's eval/<checkpoint>/summary.json")
+        return run, checkpoint

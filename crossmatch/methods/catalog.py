@@ -1,0 +1,205 @@
+"""What every method declares, without torch: its hyperparameters and their
+defaults (per dataset too), which of them the experiment id spells, the
+dataset dimensions it supports, whether it reads unlabeled data, and the
+checks on its values. Config resolution and the Snakemake workflow read
+this module only; the implementation (``crossmatch/methods/<module>.py``, a
+``Method`` subclass registered under the same name) is imported when a run
+trains (``MethodInfo.load``).
+
+A new method: its implementation file, and its ``MethodInfo`` here.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import ConfigError
+
+
+def _no_check(hp: dict[str, Any]) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    module: str                         # crossmatch.methods.<module> implements it
+    defaults: dict[str, Any] = field(default_factory=dict)
+    dataset_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    id_keys: tuple[str, ...] = ()       # hyperparameters spelled in the experiment id (ablation axes)
+    dims: tuple[int, ...] = (2, 3)      # dataset dimensions the method supports
+    uses_unlabeled: bool = False
+    labels_all: bool = False            # train on every training case labeled (upper bound)
+    check: Callable[[dict[str, Any]], None] = _no_check  # raise ConfigError on a bad value
+
+    def hyperparameters(self, dataset: str, given: dict[str, Any]) -> dict[str, Any]:
+        """Defaults, then per-dataset defaults, then ``given`` (unknown keys rejected).
+        A dataset of a dimension the method does not support is rejected here,
+        when the config is resolved, before any data is read."""
+        from ..data.specs import get_spec
+        dim = get_spec(dataset).dim
+        if dim not in self.dims:
+            raise ConfigError(f"method.name: {self.name} supports {'/'.join(f'{d}D' for d in self.dims)} "
+                              f"datasets only; {dataset} is {dim}D")
+        hp = {**self.defaults, **self.dataset_defaults.get(dataset, {})}
+        for k, v in given.items():
+            if k not in hp:
+                raise ConfigError(f"method.{k}: not a hyperparameter of {self.name!r}; "
+                                  f"valid keys: {sorted(hp)}")
+            hp[k] = v
+        self.check(hp)
+        return hp
+
+    def load(self) -> type:
+        """The implementing ``Method`` class (imports torch)."""
+        from .base import IMPLEMENTATIONS
+        importlib.import_module(f"{__package__}.{self.module}")
+        return IMPLEMENTATIONS[self.name]
+
+
+# ---------------------------------------------------------------- CrossMatch
+
+LOSS_FORMS = ("reference", "paper")
+TAU_SCHEDULES = ("constant", "reference_ramp")
+SOURCE_PASSES = ("eval", "train")
+
+
+def _one_of(hp: dict[str, Any], key: str, choices: tuple) -> None:
+    if hp[key] not in choices:
+        raise ConfigError(f"method.{key} must be one of {choices}, got {hp[key]!r}")
+
+
+def _in_range(hp: dict[str, Any], key: str, low: float, high: float, closed_high: bool = False) -> None:
+    if not (low <= hp[key] <= high if closed_high else low <= hp[key] < high):
+        raise ConfigError(f"method.{key} must be in [{low:g}, {high:g}{']' if closed_high else ')'}, "
+                          f"got {hp[key]}")
+
+
+def _at_least(hp: dict[str, Any], keys: tuple[str, ...], low: float) -> None:
+    for key in keys:
+        if hp[key] < low:
+            raise ConfigError(f"method.{key} must be >= {low:g}, got {hp[key]}")
+
+
+def _check_crossmatch(hp: dict[str, Any]) -> None:
+    _in_range(hp, "tau", 0.0, 1.0)
+    _in_range(hp, "eta", 0.0, 1.0, closed_high=True)
+    if hp["strong_views"] not in (1, 2):
+        raise ConfigError(f"method.strong_views must be 1 or 2, got {hp['strong_views']}")
+    _one_of(hp, "tau_schedule", TAU_SCHEDULES)
+    _one_of(hp, "source_pass", SOURCE_PASSES)
+    _one_of(hp, "loss_form", LOSS_FORMS)
+
+
+CROSSMATCH = MethodInfo(
+    name="crossmatch", module="crossmatch", uses_unlabeled=True,
+    defaults={
+        "tau": 0.95,            # confidence threshold of the pseudo-labels
+        "eta": 0.3,             # kd = (1 - eta) tkd + eta dkd
+        "w_kd": 0.5,            # weight of kd in the reference loss form (2D 0.5, 3D 1.0)
+        "strong_views": 2,      # 1 or 2 strong image views
+        "tkd": True,            # teacher -> perturbed-student distillation stream
+        "dkd": True,            # dropout-to-dropout cross distillation stream
+        "loss_form": "reference",  # reference: (sup + .25 s1 + .25 s2 + w_kd kd) / 2; paper: sup + ip + kd
+        "split_backward": True,  # back-propagate pass 2 before pass 3 (same gradient, ~half the memory)
+        "tau_schedule": "constant",  # constant | reference_ramp (LA reference code, ramp over ramp_length)
+        "source_pass": "eval",  # eval | train (the reference's CutMix-source passes, see its module doc)
+        "ramp_length": 17000,
+    },
+    # the 3D settings of the LA reference code (--conf_thresh 0.75, ramped; kd weight 1);
+    # Pancreas-CT (3D, no reference) takes them too
+    dataset_defaults={"la": {"tau": 0.75, "tau_schedule": "reference_ramp", "w_kd": 1.0},
+                      "pancreas": {"tau": 0.75, "tau_schedule": "reference_ramp", "w_kd": 1.0}},
+    id_keys=("tau", "eta"), check=_check_crossmatch)
+
+
+# ---------------------------------------------------------------- SemSim
+
+FEATURE_SCALES = (4, 8, 16)
+
+
+def _check_semsim(hp: dict[str, Any]) -> None:
+    _in_range(hp, "tau", 0.0, 1.0)
+    _at_least(hp, ("w_u", "w_intra", "w_cross", "r"), 0)
+    n = hp["n_regions"]
+    if n < 1 or math.isqrt(n) ** 2 != n:
+        raise ConfigError(f"method.n_regions must be a square (1, 4, 9, ...), got {n}")
+    _one_of(hp, "feature_scale", FEATURE_SCALES)
+    if hp["temperature"] <= 0:
+        raise ConfigError(f"method.temperature must be > 0, got {hp['temperature']}")
+    _in_range(hp, "fp_p", 0.0, 1.0)
+    if hp["sfm_window"] < 1 or hp["sfm_heads"] < 1:
+        raise ConfigError("method.sfm_window and method.sfm_heads must be >= 1")
+    if hp["sfm_dim"] < 1 or hp["sfm_dim"] % hp["sfm_heads"]:
+        raise ConfigError(f"method.sfm_dim must be a positive multiple of method.sfm_heads "
+                          f"({hp['sfm_heads']}), got {hp['sfm_dim']}")
+
+
+SEMSIM = MethodInfo(
+    name="semsim", module="semsim", uses_unlabeled=True, dims=(2,),
+    defaults={
+        "tau": 0.95,            # confidence threshold of the pseudo-labels
+        "w_u": 0.5,             # weight of L_u = .25 s1 + .25 s2 + .5 fp
+        "w_intra": 0.25,        # weight of the intra-image (affinity) term
+        "w_cross": 0.25,        # weight of the cross-image (prototype) term
+        "r": 1000.0,            # uncertainty weight exp(-r KL) of L_cross
+        "n_regions": 4,         # prototype sub-regions (a square: 4 = 2x2)
+        "feature_scale": 8,     # SFM / affinity grid: 1/8 of the input (4, 8 or 16)
+        "temperature": 0.1,     # of the cosine softmaxes (affinity and prototype query)
+        "fp_p": 0.5,            # channel dropout of the FP stream (UniMatch: 0.5)
+        "sfm_dim": 64,          # SFM token width
+        "sfm_window": 4,        # SFM matching window (positions of the feature grid)
+        "sfm_heads": 4,
+        "split_backward": True,  # back-propagate pass 2 before pass 3 (same gradient, less memory)
+    },
+    id_keys=("tau",), check=_check_semsim)
+
+
+# ---------------------------------------------------------------- SimCVD
+
+def _check_simcvd(hp: dict[str, Any]) -> None:
+    _in_range(hp, "ema_decay", 0.0, 1.0)
+    _at_least(hp, ("alpha", "lambda", "beta", "gamma", "noise_std", "noise_clip"), 0)
+    if hp["temperature"] <= 0:
+        raise ConfigError(f"method.temperature must be > 0, got {hp['temperature']}")
+    _in_range(hp, "boundary_fraction", 0.0, 1.0, closed_high=True)
+    _at_least(hp, ("n_voxels",), 2)
+    _at_least(hp, ("proj_dim",), 1)
+    _at_least(hp, ("ramp_length",), 0)
+
+
+SIMCVD = MethodInfo(
+    name="simcvd", module="simcvd", uses_unlabeled=True,
+    dims=(3,),  # V-Net with a signed distance head
+    defaults={
+        "ema_decay": 0.999,       # ceiling of the teacher's EMA decay
+        "alpha": 0.1,             # weight of the SDM regression (labeled)
+        "lambda": 0.5,            # weight of the contrastive InfoNCE
+        "beta": 0.1,              # weight of the pairwise structural distillation
+        "gamma": 0.1,             # weight of the student-teacher consistency (unlabeled)
+        "temperature": 0.5,       # InfoNCE temperature
+        "n_voxels": 1024,         # voxels sampled per volume for contrast and distillation
+        "boundary_fraction": 0.5,  # share of them drawn near the predicted boundary
+        "proj_dim": 32,           # projection head output size
+        "noise_std": 0.1,         # teacher input noise: clip(N(0, std), -clip, clip) (UA-MT)
+        "noise_clip": 0.2,
+        "ramp_length": 6000,      # iterations of the consistency ramp-up (UA-MT: 40 x 150); 0: none
+    },
+    check=_check_simcvd)
+
+
+# ---------------------------------------------------------------- supervised baselines
+
+SUPERVISED = MethodInfo(name="supervised", module="supervised")
+FULLY_SUPERVISED = MethodInfo(name="fully_supervised", module="supervised", labels_all=True)
+
+METHODS: dict[str, MethodInfo] = {m.name: m for m in (CROSSMATCH, SEMSIM, SIMCVD, SUPERVISED, FULLY_SUPERVISED)}
+
+
+def get_method(name: str) -> MethodInfo:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {sorted(METHODS)}") from None
