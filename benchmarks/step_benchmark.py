@@ -108,7 +108,7 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
     def step(i: int) -> None:
         gen.manual_seed(i)
         opt.zero_grad(set_to_none=True)
-        ctx = StepContext(i, dev, gen, lambda loss: scaler.scale(loss).backward(), autocast)
+        ctx = StepContext(i, gen, lambda loss: scaler.scale(loss).backward(), autocast)
         if variant == "network":
             with autocast():
                 loss = torch.nn.functional.cross_entropy(model(batch["x"]).float(), batch["y"])

@@ -274,7 +274,7 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             gen.manual_seed(t["seed"] * 1_000_003 + it)
             optimizer.zero_grad(set_to_none=True)
-            ctx = StepContext(iteration=it, device=device, gen=gen, backward=backward, autocast=autocast)
+            ctx = StepContext(iteration=it, gen=gen, backward=backward, autocast=autocast)
             values = method.training_step(batch, ctx)
             scaler.step(optimizer)
             scaler.update()

@@ -89,3 +89,25 @@ def test_reference_comparison_pools_the_seed_variances(tmp_path):
     # sums of squares 0.02 + 0.005 over 2 + 1 degrees of freedom
     assert row["pooled_std"] == pytest.approx((0.025 / 3) ** 0.5)
     assert row["difference"] == pytest.approx(0.15) and row["within_one_pooled_std"] is False
+
+
+def test_reference_comparison_joins_summaries_of_seeds_run_apart(tmp_path):
+    """Seeds summarised in separate files (run on different days) count together;
+    a seed given twice on one side is refused."""
+    script = SCRIPT.parent / "reference" / "compare.py"
+
+    def runs(name, seeds):
+        rows = [{"method": "supervised", "checkpoint": "best", "seed": s, "dice": d} for s, d in seeds.items()]
+        (tmp_path / name).write_text(json.dumps({"runs": rows}))
+        return str(tmp_path / name)
+
+    a, b = runs("a01.json", {0: 0.4, 1: 0.5}), runs("a2.json", {2: 0.6})
+    ref = runs("r.json", {0: 0.3, 1: 0.4})
+    out = tmp_path / "parity.json"
+    res = subprocess.run([sys.executable, str(script), f"{a},{b}", ref, "--out", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["ours"] == {"0": 0.4, "1": 0.5, "2": 0.6} and row["ours_mean"] == pytest.approx(0.5)
+    res = subprocess.run([sys.executable, str(script), f"{a},{a}", ref], capture_output=True, text=True)
+    assert res.returncode != 0 and "seed 0 given twice" in res.stderr

@@ -283,7 +283,7 @@ def check_our_step(ref: dict, batch: dict, dataset: str, model: nn.Module, hp: d
     views = ([apply_cutmix(batch["s1"], batch["s1_mix"], batch["box1"]),
               apply_cutmix(batch["s2"], batch["s2_mix"], batch["box2"])], [batch["box1"], batch["box2"]])
     monkeypatch.setattr("crossmatch.methods.crossmatch.strong_views", lambda *a, **k: views)
-    ctx = StepContext(iteration=0, device=torch.device("cpu"), gen=torch.Generator(),
+    ctx = StepContext(iteration=0, gen=torch.Generator(),
                       backward=lambda loss: loss.backward(), autocast=contextlib.nullcontext)
     method.train()
     torch.set_rng_state(ref["rng"])

@@ -35,7 +35,7 @@ def _batch(size=32, n=2):
 
 
 def _ctx(backward=lambda loss: loss.backward()):
-    return StepContext(0, torch.device("cpu"), torch.Generator().manual_seed(2), backward,
+    return StepContext(0, torch.Generator().manual_seed(2), backward,
                        contextlib.nullcontext)
 
 
@@ -148,7 +148,7 @@ def test_split_backward_gives_the_same_gradient_as_one_backward():
 
 
 def test_total_loss_weights():
-    w = _method().weights()
+    w = _method().weights(0)
     # (L_s + 0.5 (0.25 s1 + 0.25 s2 + 0.5 fp) + 0.25 intra + 0.25 cross) / 2
     assert w == pytest.approx({"sup": 0.5, "u_s1": 0.0625, "u_s2": 0.0625, "u_fp": 0.125,
                                "intra": 0.125, "cross": 0.125})

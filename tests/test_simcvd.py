@@ -82,7 +82,7 @@ def test_teacher_is_the_ema_of_the_student_and_not_optimised():
     opt = torch.optim.SGD(method.parameters(), lr=0.1)
     for iteration in (0, 5000):  # decay 1 - 1/2 after the first step, the 0.999 ceiling later
         before = [t.clone() for t in teacher]
-        ctx = StepContext(iteration, torch.device("cpu"), torch.Generator().manual_seed(1),
+        ctx = StepContext(iteration, torch.Generator().manual_seed(1),
                           lambda loss: loss.backward(), contextlib.nullcontext)
         opt.zero_grad()
         logs = method.training_step(_batch(), ctx)

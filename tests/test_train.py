@@ -55,14 +55,14 @@ def test_log_has_every_loss_term_and_best_checkpoint(acdc_root, tmp_path):
 def test_total_loss_is_the_weighted_sum_of_terms(acdc_root):
     from crossmatch.methods.crossmatch import CrossMatch
     hp = CrossMatch.hyperparameters("acdc", {})
-    w = CrossMatch(None, None, hp).weights()
+    w = CrossMatch(None, None, hp).weights(0)
     # reference form: (sup + .25 s1 + .25 s2 + 0.5 kd) / 2, kd = .7 mean(4 tkd) + .3 mean(2 dkd)
     assert w["sup"] == 0.5 and w["ip_s1"] == 0.125
     assert w["tkd_w_dw"] == pytest.approx(0.5 * 0.7 / 4 / 2)
     assert w["dkd_dw"] == pytest.approx(0.5 * 0.3 / 2 / 2)
-    paper = CrossMatch(None, None, CrossMatch.hyperparameters("acdc", {"loss_form": "paper"})).weights()
+    paper = CrossMatch(None, None, CrossMatch.hyperparameters("acdc", {"loss_form": "paper"})).weights(0)
     assert paper["sup"] == 1 and paper["ip_s1"] == 1 and paper["tkd_w_dw"] == pytest.approx(0.7 / 4)
-    no_dkd = CrossMatch(None, None, CrossMatch.hyperparameters("acdc", {"dkd": False})).weights()
+    no_dkd = CrossMatch(None, None, CrossMatch.hyperparameters("acdc", {"dkd": False})).weights(0)
     assert no_dkd["dkd_dw"] == 0
 
 
@@ -170,7 +170,7 @@ def test_split_backward_gives_the_same_gradient_as_one_backward():
         torch.manual_seed(1)
         model = build_model(2, 1, 4)
         hp = CrossMatch.hyperparameters("acdc", {"split_backward": split, "tau": 0.3})
-        ctx = StepContext(0, torch.device("cpu"), torch.Generator().manual_seed(2),
+        ctx = StepContext(0, torch.Generator().manual_seed(2),
                           lambda loss: loss.backward(), contextlib.nullcontext)
         logs = CrossMatch(model, spec, hp).training_step(batch, ctx)
         assert logs["mask_ratio"] > 0

@@ -5,6 +5,9 @@ acceptance of the fidelity issue). Reads ``summarise_runs.py`` JSONs.
 
   python benchmarks/reference/compare.py benchmarks/results/acdc_l3_cpu_bilinear.json \
       benchmarks/results/acdc_l3_cpu_reference.json [--out benchmarks/results/acdc_l3_cpu_parity.json]
+
+Each side may be several summaries joined with commas (seeds run at different
+times); a (method, checkpoint, seed) given twice on one side is an error.
 """
 from __future__ import annotations
 
@@ -15,10 +18,14 @@ import statistics
 from pathlib import Path
 
 
-def dice_by_seed(path: Path) -> dict[tuple[str, str], dict[int, float]]:
+def dice_by_seed(paths: str) -> dict[tuple[str, str], dict[int, float]]:
     out: dict[tuple[str, str], dict[int, float]] = {}
-    for r in json.loads(path.read_text())["runs"]:
-        out.setdefault((r["method"], r["checkpoint"]), {})[r["seed"]] = r["dice"]
+    for path in paths.split(","):
+        for r in json.loads(Path(path).read_text())["runs"]:
+            seeds = out.setdefault((r["method"], r["checkpoint"]), {})
+            if r["seed"] in seeds:
+                raise SystemExit(f"{path}: {r['method']}/{r['checkpoint']} seed {r['seed']} given twice")
+            seeds[r["seed"]] = r["dice"]
     return out
 
 
@@ -33,8 +40,8 @@ def pooled_std(a: list[float], b: list[float]) -> float | None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("ours", type=Path)
-    p.add_argument("reference", type=Path)
+    p.add_argument("ours", help="summaries_runs.py JSON(s) of our runs, comma-separated")
+    p.add_argument("reference", help="the same for the reference code's runs")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
     ours, ref = dice_by_seed(a.ours), dice_by_seed(a.reference)
@@ -53,7 +60,7 @@ def main() -> None:
         print(f"| {key[0]} | {key[1]} | {fmt(ours[key])} | {fmt(ref[key])} | {100 * diff:+.1f} | "
               f"{'-' if sd is None else f'{100 * sd:.1f}'} | {'-' if within is None else within} |")
     if a.out:
-        a.out.write_text(json.dumps({"ours": str(a.ours), "reference": str(a.reference), "rows": rows}, indent=2) + "\n")
+        a.out.write_text(json.dumps({"ours": a.ours.split(","), "reference": a.reference.split(","), "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,7 @@ class DatasetSpec:
     in_channels: int
     crop: tuple[int, ...]          # training crop/resize size
     labeled_counts: tuple[int, ...]
-    eval_patch: tuple[int, ...] = ()   # 3D sliding window
-    eval_stride: tuple[int, ...] = ()
+    eval_stride: tuple[int, ...] = ()  # 3D sliding-window stride at test time (the window: the crop)
     spacing: tuple[float, ...] | None = None  # voxel spacing (mm) when files lack it
     intensity_range: tuple[float, float] | None = None  # clip colour jitter to it (min-max data)
     # first class of the Dice losses: 0 = every class (UniMatch, 2D), 1 = foreground only (UA-MT, 3D)
@@ -35,9 +34,6 @@ class DatasetSpec:
     # 2D datasets whose cases are single images (ISIC), not volumes of slices:
     # training reads volumes/ directly, there is no slices/ folder
     single_images: bool = False
-    # how many of the training cases ``labeled_counts`` counts: "cases" (patients for
-    # acdc) or "percent" of the training list (isic, as the semi-supervised ISIC papers)
-    labeled_unit: str = "cases"
 
     @property
     def split_dir(self) -> Path:
@@ -60,8 +56,7 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "la": DatasetSpec(
         name="la", dim=3, n_classes=2, class_names=("LA",), in_channels=1,
-        crop=(112, 112, 80), labeled_counts=(4, 8, 16),
-        eval_patch=(112, 112, 80), eval_stride=(18, 18, 4),
+        crop=(112, 112, 80), labeled_counts=(4, 8, 16), eval_stride=(18, 18, 4),
         spacing=(0.625, 0.625, 0.625), dice_from_class=1, dice_smooth=1e-5,
         lists={"labeled": "train_{n}_label.list", "unlabeled": "train_{n}_unlabel.list",
                "val": "val.list", "test": "test.list", "train": "train.list"},
@@ -70,8 +65,7 @@ DATASETS: dict[str, DatasetSpec] = {
     # training and Dice settings as LA (V-Net, foreground-only Dice)
     "pancreas": DatasetSpec(
         name="pancreas", dim=3, n_classes=2, class_names=("Pancreas",), in_channels=1,
-        crop=(96, 96, 96), labeled_counts=(3, 6, 12),
-        eval_patch=(96, 96, 96), eval_stride=(16, 16, 16),
+        crop=(96, 96, 96), labeled_counts=(3, 6, 12), eval_stride=(16, 16, 16),
         spacing=(1.0, 1.0, 1.0), dice_from_class=1, dice_smooth=1e-5,
         lists={"labeled": "train_{n}_label.list", "unlabeled": "train_{n}_unlabel.list",
                "val": "val.list", "test": "test.list", "train": "train.list"},
@@ -80,7 +74,7 @@ DATASETS: dict[str, DatasetSpec] = {
     # last: the batches move it first); pixels have no physical spacing after the resize
     "isic": DatasetSpec(
         name="isic", dim=2, n_classes=2, class_names=("Lesion",), in_channels=3,
-        crop=(256, 256), labeled_counts=(5, 10, 20), labeled_unit="percent",
+        crop=(256, 256), labeled_counts=(5, 10, 20),  # percent of the training images
         spacing=None, intensity_range=(0.0, 1.0), single_images=True,
         lists={"labeled": "train_{n}pct_label.list", "unlabeled": "train_{n}pct_unlabel.list",
                "val": "val.list", "test": "test.list", "train": "train.list"},

@@ -44,7 +44,6 @@ class StepContext:
     building the next. ``gen`` draws the step's augmentations.
     """
     iteration: int
-    device: torch.device
     gen: torch.Generator
     backward: Callable[[torch.Tensor], None]
     autocast: Callable[[], AbstractContextManager]
@@ -78,21 +77,49 @@ class Method:
         raise NotImplementedError
 
     # for methods whose loss is a weighted sum of named terms
-    def weights(self) -> dict[str, float]:
-        """Linear weight of every named loss term in the total loss."""
+    def weights(self, iteration: int) -> dict[str, float]:
+        """Linear weight of every named loss term at ``iteration``."""
         raise NotImplementedError
 
-    def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        w = self.weights()
-        return sum(w[k] * v for k, v in terms.items())
 
-    def log_row(self, terms: dict[str, torch.Tensor], sup_ce: torch.Tensor, sup_dice: torch.Tensor,
-                conf: torch.Tensor, tau: float) -> dict[str, float]:
-        """Every term, the weighted total, the supervised CE and Dice, and the
-        share of unlabeled pixels whose teacher confidence reaches ``tau``."""
-        logs = {k: v.item() for k, v in terms.items()}
-        w = self.weights()
-        logs["loss"] = sum(w[k] * v for k, v in logs.items())
-        logs["sup_ce"], logs["sup_dice"] = sup_ce.item(), sup_dice.item()
-        logs["mask_ratio"] = (conf >= tau).float().mean().item()
-        return logs
+# helpers for methods whose loss is a weighted sum of named terms
+
+def weighted_sum(weights: dict[str, float], terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    return sum(weights[k] * v for k, v in terms.items())
+
+
+def term_logs(terms: dict[str, torch.Tensor], weights: dict[str, float], sup_ce: torch.Tensor,
+              sup_dice: torch.Tensor) -> dict[str, float]:
+    """Every term, the weighted total, and the supervised CE and Dice, as floats to log."""
+    logs = {k: v.item() for k, v in terms.items()}
+    logs["loss"] = sum(weights[k] * v for k, v in logs.items())
+    logs["sup_ce"], logs["sup_dice"] = sup_ce.item(), sup_dice.item()
+    return logs
+
+
+def mask_ratio(conf: torch.Tensor, tau: float) -> float:
+    """The share of unlabeled pixels whose teacher confidence reaches ``tau``."""
+    return (conf >= tau).float().mean().item()
+
+
+class TwoPassBackward:
+    """The backward of a step whose loss is a part that depends only on one
+    forward pass plus a part that depends only on the next (every target
+    detached): with ``split``, the first part is back-propagated before the
+    second pass runs, so only one pass's activations are alive at a time; the
+    gradient is that of one backward of the total (test_train checks it)."""
+
+    def __init__(self, ctx: StepContext, weights: dict[str, float], split: bool):
+        self.ctx, self.weights, self.split = ctx, weights, split
+        self.pending: torch.Tensor | None = None
+
+    def first(self, terms: dict[str, torch.Tensor]) -> None:
+        loss = weighted_sum(self.weights, terms)
+        if self.split:
+            self.ctx.backward(loss)
+        else:
+            self.pending = loss
+
+    def second(self, terms: dict[str, torch.Tensor]) -> None:
+        loss = weighted_sum(self.weights, terms)
+        self.ctx.backward(loss if self.pending is None else self.pending + loss)

@@ -6,7 +6,8 @@ this module only; the implementation (``crossmatch/methods/<module>.py``, a
 ``Method`` subclass registered under the same name) is imported when a run
 trains (``MethodInfo.load``).
 
-A new method: its implementation file, and its ``MethodInfo`` here.
+A new method: its implementation file, and its ``MethodInfo`` here (or,
+from your own package, ``declare(MethodInfo(...))``): docs/adding-a-method.md.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def _no_check(hp: dict[str, Any]) -> None:
 @dataclass(frozen=True)
 class MethodInfo:
     name: str
-    module: str                         # crossmatch.methods.<module> implements it
+    module: str                         # the module that implements it (imported by load())
     defaults: dict[str, Any] = field(default_factory=dict)
     dataset_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     id_keys: tuple[str, ...] = ()       # hyperparameters spelled in the experiment id (ablation axes)
@@ -55,8 +56,13 @@ class MethodInfo:
     def load(self) -> type:
         """The implementing ``Method`` class (imports torch)."""
         from .base import IMPLEMENTATIONS
-        importlib.import_module(f"{__package__}.{self.module}")
-        return IMPLEMENTATIONS[self.name]
+        importlib.import_module(self.module)
+        try:
+            return IMPLEMENTATIONS[self.name]
+        except KeyError:
+            raise ConfigError(f"method {self.name!r}: {self.module} registers no implementation under "
+                              "that name (a Method subclass with @register and name = "
+                              f"{self.name!r})") from None
 
 
 # ---------------------------------------------------------------- CrossMatch
@@ -94,7 +100,7 @@ def _check_crossmatch(hp: dict[str, Any]) -> None:
 
 
 CROSSMATCH = MethodInfo(
-    name="crossmatch", module="crossmatch", uses_unlabeled=True,
+    name="crossmatch", module="crossmatch.methods.crossmatch", uses_unlabeled=True,
     defaults={
         "tau": 0.95,            # confidence threshold of the pseudo-labels
         "eta": 0.3,             # kd = (1 - eta) tkd + eta dkd
@@ -138,7 +144,7 @@ def _check_semsim(hp: dict[str, Any]) -> None:
 
 
 SEMSIM = MethodInfo(
-    name="semsim", module="semsim", uses_unlabeled=True, dims=(2,),
+    name="semsim", module="crossmatch.methods.semsim", uses_unlabeled=True, dims=(2,),
     defaults={
         "tau": 0.95,            # confidence threshold of the pseudo-labels
         "w_u": 0.5,             # weight of L_u = .25 s1 + .25 s2 + .5 fp
@@ -171,7 +177,7 @@ def _check_simcvd(hp: dict[str, Any]) -> None:
 
 
 SIMCVD = MethodInfo(
-    name="simcvd", module="simcvd", uses_unlabeled=True,
+    name="simcvd", module="crossmatch.methods.simcvd", uses_unlabeled=True,
     dims=(3,),  # V-Net with a signed distance head
     defaults={
         "ema_decay": 0.999,       # ceiling of the teacher's EMA decay
@@ -192,10 +198,19 @@ SIMCVD = MethodInfo(
 
 # ---------------------------------------------------------------- supervised baselines
 
-SUPERVISED = MethodInfo(name="supervised", module="supervised")
-FULLY_SUPERVISED = MethodInfo(name="fully_supervised", module="supervised", labels_all=True)
+SUPERVISED = MethodInfo(name="supervised", module="crossmatch.methods.supervised")
+FULLY_SUPERVISED = MethodInfo(name="fully_supervised", module="crossmatch.methods.supervised", labels_all=True)
 
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (CROSSMATCH, SEMSIM, SIMCVD, SUPERVISED, FULLY_SUPERVISED)}
+
+
+def declare(info: MethodInfo) -> MethodInfo:
+    """Add a method to the catalog (a method of your own package: ``module`` is
+    its dotted path); see docs/adding-a-method.md."""
+    if info.name in METHODS:
+        raise ValueError(f"method {info.name!r} is declared already")
+    METHODS[info.name] = info
+    return info
 
 
 def get_method(name: str) -> MethodInfo:

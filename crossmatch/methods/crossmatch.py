@@ -32,7 +32,7 @@ import torch
 
 from ..data.augment import strong_views
 from ..losses import masked_dice, mixed_pseudo_label, pseudo_label, supervised_loss
-from .base import Method, StepContext, register
+from .base import Method, StepContext, TwoPassBackward, mask_ratio, register, term_logs
 
 def reference_ramp(tau: float, iteration: int, length: int) -> float:
     """The LA reference code's threshold (its ``train_cross_match.py``, with
@@ -52,8 +52,8 @@ def reference_ramp(tau: float, iteration: int, length: int) -> float:
 class CrossMatch(Method):
     name = "crossmatch"
 
-    def weights(self) -> dict[str, float]:
-        """Linear weight of every named loss term in the total loss."""
+    def weights(self, iteration: int) -> dict[str, float]:
+        """Linear weight of every named loss term (constant over iterations)."""
         hp = self.hp
         ref = hp["loss_form"] == "reference"
         one_view = hp["strong_views"] == 1
@@ -115,10 +115,9 @@ class CrossMatch(Method):
             if hp["dkd"]:  # the dropout streams' own predictions are dkd's targets
                 targets_dw = p_w_dw.detach().float().softmax(1)
                 targets_ds = p_w_ds.detach().float().softmax(1)
-        loss_a = self.combine(terms)
-        if hp["split_backward"]:
-            ctx.backward(loss_a)
-            loss_a = None
+        weights = self.weights(ctx.iteration)
+        loss = TwoPassBackward(ctx, weights, hp["split_backward"])
+        loss.first(terms)
         del out, pred_x
 
         # 3. strong views; the last one also feeds the perturbed streams
@@ -144,9 +143,9 @@ class CrossMatch(Method):
                 part["dkd_dw"] = masked_dice(out[2], t, c, tau, **dice)
                 c, t = mixed_pseudo_label(targets_ds, mix_ds, last)
                 part["dkd_ds"] = masked_dice(out[3], t, c, tau, **dice)
-        ctx.backward(self.combine(part) if loss_a is None else loss_a + self.combine(part))
+        loss.second(part)
 
         terms.update(part)
-        logs = self.log_row(terms, ce, dice_x, conf_w, tau)
-        logs["tau"] = tau
+        logs = term_logs(terms, weights, ce, dice_x)
+        logs["mask_ratio"], logs["tau"] = mask_ratio(conf_w, tau), tau
         return logs

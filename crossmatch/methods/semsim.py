@@ -44,7 +44,7 @@ from torch import nn
 from ..data.augment import apply_cutmix, strong_views
 from ..losses import dice_loss, masked_dice, pseudo_label, supervised_loss
 from ..models import FeatureDropout
-from .base import Method, StepContext, register
+from .base import Method, StepContext, TwoPassBackward, mask_ratio, register, term_logs
 
 ABSENT = -1e4  # query logit of a class no labeled pixel of the batch shows
 
@@ -203,8 +203,8 @@ class SemSim(Method):
         self.extra["sfm"] = SpatialFusion(stage_channels(model)[1:], hp["sfm_dim"], hp["sfm_window"],
                                           hp["sfm_heads"])
 
-    def weights(self) -> dict[str, float]:
-        """Linear weight of every named loss term in the total loss."""
+    def weights(self, iteration: int) -> dict[str, float]:
+        """Linear weight of every named loss term (constant over iterations)."""
         hp = self.hp
         w = {"sup": 1.0, "u_s1": 0.25 * hp["w_u"], "u_s2": 0.25 * hp["w_u"], "u_fp": 0.5 * hp["w_u"],
              "intra": hp["w_intra"], "cross": hp["w_cross"]}
@@ -242,10 +242,9 @@ class SemSim(Method):
         with torch.no_grad(), ctx.autocast():
             feats_x = self.features([s[:nx] for s in stages], spatial)
         protos, present = region_prototypes(feats_x, y, self.spec.n_classes, self.grid)
-        loss_a = self.combine(terms)
-        if hp["split_backward"]:
-            ctx.backward(loss_a)
-            loss_a = None
+        weights = self.weights(ctx.iteration)
+        loss = TwoPassBackward(ctx, weights, hp["split_backward"])
+        loss.first(terms)
         del feats, logits, stages, pred_x, pred_w, pred_fp
 
         # 3. both strong views, against the teacher with the source's prediction pasted in the box
@@ -262,9 +261,10 @@ class SemSim(Method):
         query = F.interpolate(query_logits(feats_s, protos, present, self.grid, temp), size=spatial,
                               mode="bilinear", align_corners=False)
         part["cross"], w = cross_loss(query, y_s, conf_s, tau, teacher, hp["r"], present)
-        ctx.backward(self.combine(part) if loss_a is None else loss_a + self.combine(part))
+        loss.second(part)
 
         terms.update(part)
-        logs = self.log_row(terms, ce, dice_x, conf_w, tau)
+        logs = term_logs(terms, weights, ce, dice_x)
+        logs["mask_ratio"] = mask_ratio(conf_w, tau)
         logs["cross_weight"] = w[conf_s >= tau].mean().item() if (conf_s >= tau).any() else 0.0
         return logs

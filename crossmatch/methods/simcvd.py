@@ -37,7 +37,7 @@ from torch import nn
 from ..data.specs import DatasetSpec
 from ..losses import supervised_loss
 from ..sdm import signed_distance_map
-from .base import Method, StepContext, register
+from .base import Method, StepContext, register, term_logs, weighted_sum
 
 
 class SDMHead(nn.Module):
@@ -172,11 +172,9 @@ class SimCVD(Method):
             "cons": (probs - t_probs).pow(2).mean(),
         }
         w = self.weights(ctx.iteration)
-        ctx.backward(sum(w[k] * v for k, v in terms.items()))
-
-        logs = {k: v.item() for k, v in terms.items()}
-        logs["loss"] = sum(w[k] * v for k, v in logs.items())
-        logs["sup_ce"], logs["sup_dice"], logs["w_cons"] = ce.item(), dice.item(), w["cons"]
+        ctx.backward(weighted_sum(w, terms))
+        logs = term_logs(terms, w, ce, dice)
+        logs["w_cons"] = w["cons"]
         return logs
 
     def weights(self, iteration: int) -> dict[str, float]:
