@@ -29,7 +29,7 @@ def _preprocess(a: argparse.Namespace) -> None:
     d = config.load(a.config, a.set)["dataset"] if a.config or a.set else {}
     dataset = a.dataset or d.get("name")
     raw, out = a.raw or d.get("raw"), a.out or d.get("root")
-    missing = a.missing_cases or d.get("missing_cases", "error")
+    missing = a.missing_cases or d.get("missing_cases", config.default("dataset", "missing_cases"))
     split_dir = a.split_dir if a.split_dir is not None else d.get("split_dir")
     if not (dataset and raw and out):
         raise SystemExit("crossmatch preprocess: give --config, or --dataset, --raw and --out")
@@ -96,6 +96,7 @@ def _config(a: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .data.specs import DATASETS
+    from .data.splits import MISSING_POLICIES
     p = argparse.ArgumentParser(prog="crossmatch", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "labels/labelXXXX.nii.gz; isic: ISIC2018_Task1-2_Training_Input/ + "
                    "ISIC2018_Task1_Training_GroundTruth/)")
     s.add_argument("--out", help="preprocessed root, e.g. results/data/acdc")
-    s.add_argument("--missing-cases", choices=("error", "subset"),
+    s.add_argument("--missing-cases", choices=MISSING_POLICIES,
                    help="cases named in the split lists but absent: fail (default) or skip them")
     s.add_argument("--split-dir", help="folder of split lists laid out as crossmatch/splits/<dataset> "
                    "(default: the shipped standard lists)")

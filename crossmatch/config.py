@@ -108,6 +108,11 @@ def _check_type(key: str, value: Any, default: Any) -> None:
         raise ConfigError(f"{key}: expected {type(default).__name__}, got {value!r}")
 
 
+def default(section: str, key: str) -> Any:
+    """The default of ``section.key`` (its one home: ``DEFAULTS``)."""
+    return copy.deepcopy(DEFAULTS[section][key][0])
+
+
 def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     """Fill defaults, check every key and value, return the full config.
 

@@ -75,7 +75,7 @@ def _experiment(wf: dict[str, Any], dataset: str, method: str, labeled: Any, see
     raw = _merge(raw, {
         "dataset": {"name": dataset, "root": paths["root"], "raw": paths["raw"],
                     "split_dir": paths["split_dir"], "labeled": labeled,
-                    "missing_cases": d.get("missing_cases", "error")},
+                    "missing_cases": d.get("missing_cases", xconfig.default("dataset", "missing_cases"))},
         "method": {"name": method},
         "train": {"seed": seed},
     })

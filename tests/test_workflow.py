@@ -205,3 +205,16 @@ def test_loading_the_workflow_does_not_import_torch(workdir: Path) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert "Job stats:" in r.stdout, r.stderr[-3000:]
     assert "TORCH_IMPORTED False" in r.stdout, r.stdout[-1000:]
+
+
+def test_schema_repeats_the_code_defaults_and_choices_it_must() -> None:
+    """The JSON schema cannot import Python: where it states a default or the
+    choices of a key that the code also knows, they must agree."""
+    from crossmatch.config import default
+    from crossmatch.data.specs import DATASETS
+    from crossmatch.data.splits import MISSING_POLICIES
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    ds = schema["properties"]["datasets"]
+    assert ds["propertyNames"]["enum"] == list(DATASETS)
+    missing = ds["additionalProperties"]["properties"]["missing_cases"]
+    assert missing["enum"] == list(MISSING_POLICIES) and missing["default"] == default("dataset", "missing_cases")

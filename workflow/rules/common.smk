@@ -18,6 +18,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 sys.path.insert(0, str(Path(workflow.basedir)))  # a checkout without `pip install -e .`
 from crossmatch.errors import ConfigError  # noqa: E402
 from crossmatch import grid as xgrid  # noqa: E402
+from crossmatch import config as xconfig  # noqa: E402
 from crossmatch import layout  # noqa: E402
 
 try:

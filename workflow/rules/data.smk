@@ -43,7 +43,7 @@ rule preprocess:
     params:
         raw=lambda wc: data_paths(wc.dataset)["raw"],
         split_dir=lambda wc: data_paths(wc.dataset)["split_dir"],
-        missing=lambda wc: dataset_cfg(wc.dataset).get("missing_cases", "error"),
+        missing=lambda wc: dataset_cfg(wc.dataset).get("missing_cases", xconfig.default("dataset", "missing_cases")),
         root=lambda wc: data_paths(wc.dataset)["root"],
     resources:
         mem_mb=4000,
