@@ -30,7 +30,6 @@ Results are written as JSON.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -77,47 +76,35 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
 
     from crossmatch import config
     from crossmatch.data.specs import get_spec
-    from crossmatch.methods import get_method
-    from crossmatch.methods.base import StepContext
-    from crossmatch.train import make_model, make_optimizer, pick_device
+    from crossmatch.train import Trainer
 
     torch.set_num_threads(threads)
     method_cfg, model_cfg = VARIANTS[variant]
     shape = dict(SHAPES[dataset])
     shape.update({k: v for k, v in (("batch", batch_size), ("crop", crop)) if v})
     cfg = config.resolve({"dataset": {"name": dataset}, "method": method_cfg, "model": model_cfg,
-                          "train": {"batch_size": shape["batch"], "crop": shape["crop"], "device": device}})
+                          "train": {"batch_size": shape["batch"], "crop": shape["crop"], "device": device,
+                                    "tune_allocator": False}})  # tuned above, when asked
     spec = get_spec(dataset)
-    dev = pick_device(device)
-    torch.manual_seed(0)
-    model = make_model(cfg, spec).to(dev)
-    method = get_method(cfg["method"]["name"]).load()(model, spec, {k: v for k, v in cfg["method"].items() if k != "name"})
-    method.extra.to(dev)
-    opt = make_optimizer(cfg, method.parameters())
+    # the trainer's own build and step (seed 0), on synthetic batches: no data, no run folder
+    trainer = Trainer(cfg, "unused", check_data=False)
+    trainer.build()
+    dev = trainer.device
     b, crop = shape["batch"], shape["crop"]
     batch = {"x": torch.rand(b, 1, *crop, device=dev), "y": _rings(b, crop, spec.n_classes).to(dev),
              "u": torch.rand(b, 1, *crop, device=dev), "u_mix": torch.rand(b, 1, *crop, device=dev)}
-    use_amp = dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
-
-    gen = torch.Generator()
 
     def step(i: int) -> None:
-        gen.manual_seed(i)
-        opt.zero_grad(set_to_none=True)
-        ctx = StepContext(i, gen, lambda loss: scaler.scale(loss).backward(), autocast)
-        if variant == "network":
-            with autocast():
-                loss = torch.nn.functional.cross_entropy(model(batch["x"]).float(), batch["y"])
-            ctx.backward(loss)
-        else:
-            method.training_step(batch, ctx)
-        scaler.step(opt)
-        scaler.update()
-        method.after_step(ctx)
+        if variant != "network":
+            trainer.step(i, batch)
+            return
+        # the network alone: one forward, backward and optimiser step of plain CE
+        trainer.optimizer.zero_grad(set_to_none=True)
+        with trainer.autocast():
+            loss = torch.nn.functional.cross_entropy(trainer.model(batch["x"]).float(), batch["y"])
+        trainer.scaler.scale(loss).backward()
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
 
     times = []
     for i in range(warmup + iters):

@@ -7,6 +7,7 @@ diverged loss) are printed without a traceback and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -39,7 +40,7 @@ def _preprocess(a: argparse.Namespace) -> None:
 
 def _train(a: argparse.Namespace) -> None:
     from . import config
-    from .train import train
+    from .train import FAIL_ONCE_ENV, fail_once, train
     cfg = config.load(a.config, a.set)
     if a.print_config:
         import yaml
@@ -49,7 +50,8 @@ def _train(a: argparse.Namespace) -> None:
     sets = "".join(f" --set {shlex.quote(x)}" for x in a.set)
     print(f"crossmatch train{f' --config {a.config}' if a.config else ''}{sets} --out {a.out}\n"
           f"experiment {config.experiment_id(cfg)}; resolved config -> {a.out}/config.yaml", flush=True)
-    path = train(cfg, a.out, stop_after=a.stop_after)
+    marker = os.environ.get(FAIL_ONCE_ENV)  # test-only fault injection (crossmatch.train)
+    path = train(cfg, a.out, stop_after=a.stop_after, on_checkpoint=fail_once(marker) if marker else None)
     print(f"checkpoint: {path}")
 
 

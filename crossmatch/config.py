@@ -79,18 +79,6 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
     },
 }
 
-DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "acdc": {"train": {"batch_size": 12, "optimizer": "sgd", "lr": 0.01, "iterations": 30000}},
-    "la": {"dataset": {"labeled": 8},
-           "train": {"batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "iterations": 14000,
-                     "poly_iterations": 17000}},
-    # no CrossMatch reference schedule for these: LA's (3D) and ACDC's (2D) recipes
-    "pancreas": {"dataset": {"labeled": 6},
-                 "train": {"batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "iterations": 14000,
-                           "poly_iterations": 17000}},
-    "isic": {"dataset": {"labeled": 10},
-             "train": {"batch_size": 12, "optimizer": "sgd", "lr": 0.01, "iterations": 30000}},
-}
 SECTIONS = (*DEFAULTS, "method")
 
 
@@ -136,7 +124,7 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
         bad = set(given) - set(keys)
         if bad:
             raise ConfigError(f"{section}.{sorted(bad)[0]}: unknown key; valid keys: {sorted(keys)}")
-        preset = DATASET_PRESETS.get(name, {}).get(section, {})
+        preset = spec.presets.get(section, {})
         cfg[section] = {}
         for key, (default, _) in keys.items():
             value = given.get(key, preset.get(key, default))

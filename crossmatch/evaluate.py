@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .data.h5 import read_case
 from .data.specs import DatasetSpec, get_spec
 from .data.splits import case_id
+from .factories import make_model, pick_device, splits_for
 from .errors import DataError
 from .inference import predict_slices_2d, sliding_window_3d
 from .io import atomic_path, write_json
@@ -71,8 +72,6 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 def evaluate_run(run_dir: str | Path, checkpoint: str = "final", device: str = "auto",
                  save_predictions: bool = True, limit: int = 0) -> dict[str, Any]:
     """Evaluate ``checkpoints/<checkpoint>.pt`` of ``run_dir`` on the test split."""
-    from .train import make_model, pick_device, splits_for  # train imports this module
-
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
     run = Run(run_dir)

@@ -1,4 +1,4 @@
-"""The one trainer every method shares.
+"""The one trainer every method shares (``Trainer``; ``train`` runs it).
 
 It owns the optimiser and poly schedule, AMP, deterministic seeding, the
 progress bar, the CSV log, validation with best-on-validation selection,
@@ -9,12 +9,13 @@ A re-run of the same command resumes from ``latest.pt``; batch ``t`` and its
 augmentations are a function of (seed, t), and the RNG states are restored,
 so the resumed run ends with the same weights as an uninterrupted one.
 
-Test hook (fault injection, never set in normal use): with the environment
-variable ``CROSSMATCH_FAIL_ONCE=<marker path>`` set and no file at that path,
-the trainer creates the marker right after its first ``latest.pt`` and exits
-with status 1, as a crashed job would; once the marker exists the variable
-has no effect, so a retried or re-run job resumes and completes
-(tests/test_faults.py uses it to check Snakemake's ``retries``).
+``on_checkpoint(experiment, iteration)`` is called after every ``latest.pt``:
+the tests inject faults through it. The command line sets it from the
+test-only environment variable ``CROSSMATCH_FAIL_ONCE=<marker path>``
+(``fail_once``): with no file at that path, the first job that checkpoints
+creates the marker and exits with status 1, as a crashed job would; once
+the marker exists it has no effect, so a retried or re-run job resumes and
+completes (tests/test_faults.py checks Snakemake's ``retries`` with it).
 """
 from __future__ import annotations
 
@@ -25,60 +26,25 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .config import experiment_id
-from .layout import Run
 from .data.batches import IterationBatches, iteration_loader
 from .data.specs import DatasetSpec, get_spec
-from .data.splits import Splits, resolve_splits
 from .errors import ConfigError, TrainingDiverged
 from .evaluate import mean_dice
+from .factories import make_model, make_optimizer, pick_device, poly_lr, seed_everything, splits_for
 from .io import atomic_path, write_yaml
+from .layout import Run
 from .methods import get_method
 from .methods.base import StepContext
-from .models import build_model
 from .runtime import tune_allocator
 
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name} requested but CUDA is not available; use auto or cpu")
-    return dev
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def make_model(cfg: dict[str, Any], spec: DatasetSpec) -> torch.nn.Module:
-    model = build_model(spec.dim, spec.in_channels, spec.n_classes, **cfg["model"])
-    if spec.dim == 2:
-        # NHWC convolutions are ~20 % faster with oneDNN on CPU and fine on CUDA
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def make_optimizer(cfg: dict[str, Any], params) -> torch.optim.Optimizer:
-    t = cfg["train"]
-    if t["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"],
-                               nesterov=t["nesterov"])
-    return torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
-
-
-def poly_lr(cfg: dict[str, Any], it: int) -> float:
-    t = cfg["train"]
-    return t["lr"] * (1 - it / t["poly_iterations"]) ** t["poly_power"]
+__all__ = ["Trainer", "train", "validate", "save_checkpoint", "fail_once", "FAIL_ONCE_ENV"]
 
 
 def _rng_state() -> dict[str, Any]:
@@ -156,158 +122,197 @@ def _resume_conflict(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 FAIL_ONCE_ENV = "CROSSMATCH_FAIL_ONCE"
 
 
-def _fail_once(exp: str, iteration: int) -> None:
-    """The fault-injection test hook (module docstring): fail the first job
-    that checkpoints while ``$CROSSMATCH_FAIL_ONCE`` names an absent file."""
-    marker = os.environ.get(FAIL_ONCE_ENV)
-    if not marker:
-        return
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # one job fails, even in parallel
-    except FileExistsError:
-        return
-    os.write(fd, f"{exp} {iteration}\n".encode())
-    os.close(fd)
-    raise SystemExit(f"{FAIL_ONCE_ENV}: injected failure of {exp} after the checkpoint at iteration "
-                     f"{iteration} (test hook)")
+def fail_once(marker: str | Path) -> Callable[[str, int], None]:
+    """The fault-injection hook (module docstring): fail the first job that
+    checkpoints while no file is at ``marker``."""
+    def hook(exp: str, iteration: int) -> None:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # one job fails, even in parallel
+        except FileExistsError:
+            return
+        os.write(fd, f"{exp} {iteration}\n".encode())
+        os.close(fd)
+        raise SystemExit(f"{FAIL_ONCE_ENV}: injected failure of {exp} after the checkpoint at iteration "
+                         f"{iteration} (test hook)")
+    return hook
 
 
-def splits_for(cfg: dict[str, Any]) -> Splits:
-    """The experiment's splits (one place decides them for training and evaluation)."""
-    d = cfg["dataset"]
-    return resolve_splits(get_spec(d["name"]), d["root"], d["labeled"], d["missing_cases"], d["splits"],
-                          d.get("split_dir") or None)
+class Trainer:
+    """One experiment's training: ``build`` (device, network, method,
+    optimiser, scaler), ``load_checkpoint`` (resume), ``step`` (one
+    iteration), ``validate``, ``save_checkpoint`` and ``fit`` (the loop).
+    The data check (split lists, present cases) runs in ``__init__``, before
+    any long work (``check_data=False``: no data, for timing ``step`` on
+    synthetic batches, as benchmarks/step_benchmark.py does)."""
 
+    def __init__(self, cfg: dict[str, Any], run_dir: str | Path,
+                 on_checkpoint: Callable[[str, int], None] | None = None, check_data: bool = True):
+        self.cfg, self.t, self.run_dir, self.run = cfg, cfg["train"], Path(run_dir), Run(run_dir)
+        self.spec, self.exp = get_spec(cfg["dataset"]["name"]), experiment_id(cfg)
+        self.method_cls = get_method(cfg["method"]["name"]).load()
+        self.splits = splits_for(cfg) if check_data else None
+        self.on_checkpoint = on_checkpoint
+        self.start, self.best, self.elapsed = 0, (-1.0, -1), 0.0
+        self._tic = time.perf_counter()
 
-def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = None) -> Path:
-    """Train the experiment ``cfg`` into ``run_dir``; returns ``final.pt``.
+    # ---------------------------------------------------------------- build and checkpoints
 
-    Resumes from ``run_dir/checkpoints/latest.pt`` when it exists.
-    ``stop_after`` ends the process after that many iterations of this
-    call (used to test resuming) without writing ``final.pt``.
-    """
-    run_dir = Path(run_dir)
-    run = Run(run_dir)
-    spec = get_spec(cfg["dataset"]["name"])
-    t = cfg["train"]
-    exp = experiment_id(cfg)
-    # check data before any long work: list files, presence, subset policy
-    method_cls = get_method(cfg["method"]["name"]).load()
-    splits = splits_for(cfg)
-    for stale in run.checkpoints.glob(".*.tmp"):  # a save interrupted by a kill (crossmatch.io.atomic_path)
-        stale.unlink()
-    latest, final = run.checkpoint("latest"), run.checkpoint("final")
-    state = torch.load(latest, map_location="cpu", weights_only=False) if latest.is_file() else None
-    if state is not None and "config" in state:
-        conflict = _resume_conflict(state["config"], cfg)
-        if conflict:
-            raise ConfigError(f"{run_dir} holds a run with other settings ({conflict}); resume it with "
-                              "its own config (see its config.yaml), train into a new --out, or delete "
-                              f"{run_dir} to train it afresh with the new settings")
-    write_yaml(run.config, {"experiment": exp, **cfg, "notes": splits.notes})
+    def build(self) -> None:
+        t = self.t
+        self.device = pick_device(t["device"])
+        if t["tune_allocator"] and self.device.type == "cpu":
+            tune_allocator()
+        if t["threads"]:
+            torch.set_num_threads(t["threads"])
+        seed_everything(t["seed"])
+        self.model = make_model(self.cfg, self.spec).to(self.device)
+        hp = {k: v for k, v in self.cfg["method"].items() if k != "name"}
+        self.method = self.method_cls(self.model, self.spec, hp)
+        self.method.extra.to(self.device)
+        self.optimizer = make_optimizer(self.cfg, self.method.parameters())
+        self.use_amp = bool(t["amp"]) and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.gen = torch.Generator()
 
-    device = pick_device(t["device"])
-    if t["tune_allocator"] and device.type == "cpu":
-        tune_allocator()
-    if t["threads"]:
-        torch.set_num_threads(t["threads"])
-    seed_everything(t["seed"])
-    model = make_model(cfg, spec).to(device)
-    hp = {k: v for k, v in cfg["method"].items() if k != "name"}
-    method = method_cls(model, spec, hp)
-    method.extra.to(device)
-    optimizer = make_optimizer(cfg, method.parameters())
-    use_amp = bool(t["amp"]) and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    def read_checkpoint(self) -> dict[str, Any] | None:
+        """``latest.pt`` (on the CPU: RNG states must stay there), refused if it
+        holds other settings than this config's."""
+        for stale in self.run.checkpoints.glob(".*.tmp"):  # a save interrupted by a kill (io.atomic_path)
+            stale.unlink()
+        latest = self.run.checkpoint("latest")
+        state = torch.load(latest, map_location="cpu", weights_only=False) if latest.is_file() else None
+        if state is not None and "config" in state:
+            conflict = _resume_conflict(state["config"], self.cfg)
+            if conflict:
+                raise ConfigError(f"{self.run_dir} holds a run with other settings ({conflict}); resume it "
+                                  "with its own config (see its config.yaml), train into a new --out, or "
+                                  f"delete {self.run_dir} to train it afresh with the new settings")
+        return state
 
-    start, best, elapsed = 0, (-1.0, -1), 0.0
-    if state is not None:
-        # loaded on the CPU: RNG states must stay there; weights and moments follow the model
-        model.load_state_dict(state["model"])
-        method.extra.load_state_dict(state.get("method", {}))
-        optimizer.load_state_dict(state["optimizer"])
+    def load_checkpoint(self, state: dict[str, Any]) -> None:
+        """Restore a ``latest.pt`` state: weights and moments follow the model's device."""
+        self.model.load_state_dict(state["model"])
+        self.method.extra.load_state_dict(state.get("method", {}))
+        self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:  # empty when the run started without AMP
-            scaler.load_state_dict(state["scaler"])
+            self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
-        start, best = state["iteration"], tuple(state["best"])
-        elapsed = state.get("elapsed", 0.0)  # training seconds before the interruption
-        if start < t["iterations"]:
-            print(f"{exp}: resuming from iteration {start} ({latest})", flush=True)
-    if start >= t["iterations"] and final.is_file():
-        return final
-    log = CsvLog(run.log, start)
+        self.start, self.best = state["iteration"], tuple(state["best"])
+        self.elapsed = state.get("elapsed", 0.0)  # training seconds before the interruption
 
-    data = IterationBatches(splits.labeled, splits.unlabeled if method_cls.info.uses_unlabeled else None,
-                            t["batch_size"], tuple(t["crop"]), spec.n_classes, t["seed"],
-                            t["interpolation"])
-    stop = t["iterations"] if stop_after is None else min(t["iterations"], start + stop_after)
-    loader = iteration_loader(data, start, stop, t["num_workers"])
-    gen = torch.Generator()
+    def seconds(self) -> float:
+        """Training seconds of the run so far, across interruptions."""
+        return self.elapsed + time.perf_counter() - self._tic
 
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+    def save_checkpoint(self, kind: str, iteration: int, val_dice: float | None = None) -> Path:
+        """``latest`` (resumable state), ``best`` or ``final`` (weights)."""
+        path = self.run.checkpoint(kind)
+        state: dict[str, Any] = {"model": self.model.state_dict(), "iteration": iteration, "experiment": self.exp}
+        if kind == "latest":
+            state.update(method=self.method.extra.state_dict(), optimizer=self.optimizer.state_dict(),
+                         scaler=self.scaler.state_dict(), rng=_rng_state(), best=list(self.best),
+                         elapsed=self.seconds(), config=self.cfg)
+        elif kind == "best":
+            state["val_dice"] = val_dice
+        save_checkpoint(path, **state)
+        return path
 
-    it = start
+    # ---------------------------------------------------------------- one iteration
 
-    def backward(loss: torch.Tensor) -> None:
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
+            latest = self.run.checkpoint("latest")
             raise TrainingDiverged(
-                f"{exp}: loss is {loss.item()} at iteration {it + 1}; stopped without saving. "
+                f"{self.exp}: loss is {loss.item()} at iteration {self._it + 1}; stopped without saving. "
                 f"The last good checkpoint is {latest if latest.is_file() else '(none yet)'}. "
                 "Lower train.lr or check the data.")
-        scaler.scale(loss).backward()
+        self.scaler.scale(loss).backward()
 
-    def save_latest(iteration: int) -> None:
-        save_checkpoint(latest, model=model.state_dict(), method=method.extra.state_dict(),
-                        optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=_rng_state(), iteration=iteration,
-                        best=list(best), experiment=exp, elapsed=elapsed + time.perf_counter() - tic,
-                        config=cfg)
+    def step(self, it: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Iteration ``it`` (0-based) on ``batch``: the method's losses and backward,
+        the optimiser step; returns the values to log (with the learning rate)."""
+        self._it = it
+        lr = poly_lr(self.cfg, it)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        self.gen.manual_seed(self.t["seed"] * 1_000_003 + it)
+        self.optimizer.zero_grad(set_to_none=True)
+        ctx = StepContext(iteration=it, gen=self.gen, backward=self.backward, autocast=self.autocast)
+        values = self.method.training_step(batch, ctx)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.after_step(ctx)
+        return {"lr": lr, **values}
 
-    method.train()
-    bar = tqdm(total=t["iterations"], initial=start, desc=exp, unit="it", dynamic_ncols=True)
-    tic = time.perf_counter()
-    try:  # close the bar on an error too, so the error message gets its own line
-        for it, batch in zip(range(start, stop), loader):
-            lr = poly_lr(cfg, it)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            gen.manual_seed(t["seed"] * 1_000_003 + it)
-            optimizer.zero_grad(set_to_none=True)
-            ctx = StepContext(iteration=it, gen=gen, backward=backward, autocast=autocast)
-            values = method.training_step(batch, ctx)
-            scaler.step(optimizer)
-            scaler.update()
-            method.after_step(ctx)
-            done = it + 1
-            row = {"iteration": done, "lr": lr, **values, "seconds": elapsed + time.perf_counter() - tic}
-            if t["val_every"] and (done % t["val_every"] == 0 or done == t["iterations"]):
-                score = validate(model, spec, cfg, splits.val, device)
-                row["val_dice"] = score
-                if score > best[0]:
-                    best = (score, done)
-                    save_checkpoint(run.checkpoint("best"), model=model.state_dict(), iteration=done,
-                                    val_dice=score, experiment=exp)
-                method.train()
-            log.add(row)
-            bar.set_postfix(loss=f"{values['loss']:.3f}", best=f"{best[0]:.3f}", refresh=False)
-            bar.update()
-            if done % t["log_every"] == 0:
-                log.flush()
-            if done % t["ckpt_every"] == 0 or done == stop:
-                log.flush()
-                save_latest(done)
-                _fail_once(exp, done)
-    finally:
-        bar.close()
-    log.flush()
-    if stop < t["iterations"]:
-        return latest
-    if not t["val_every"]:  # no validation: the final weights are the selection
-        save_checkpoint(run.checkpoint("best"), model=model.state_dict(), iteration=stop,
-                        val_dice=math.nan, experiment=exp)
-    save_checkpoint(final, model=model.state_dict(), iteration=stop, experiment=exp)
-    return final
+    def validate(self) -> float:
+        return validate(self.model, self.spec, self.cfg, self.splits.val, self.device)
+
+    # ---------------------------------------------------------------- the loop
+
+    def fit(self, stop_after: int | None = None) -> Path:
+        """Train (or resume) to the end; returns ``final.pt``. ``stop_after``
+        ends after that many iterations of this call (to test resuming),
+        returning ``latest.pt``, without writing ``final.pt``."""
+        t, run, exp = self.t, self.run, self.exp
+        state = self.read_checkpoint()
+        write_yaml(run.config, {"experiment": exp, **self.cfg, "notes": self.splits.notes})
+        self.build()
+        if state is not None:
+            self.load_checkpoint(state)
+            if self.start < t["iterations"]:
+                print(f"{exp}: resuming from iteration {self.start} ({run.checkpoint('latest')})", flush=True)
+        if self.start >= t["iterations"] and run.checkpoint("final").is_file():
+            return run.checkpoint("final")
+        log = CsvLog(run.log, self.start)
+        data = IterationBatches(self.splits.labeled,
+                                self.splits.unlabeled if self.method_cls.info.uses_unlabeled else None,
+                                t["batch_size"], tuple(t["crop"]), self.spec.n_classes, t["seed"],
+                                t["interpolation"])
+        stop = t["iterations"] if stop_after is None else min(t["iterations"], self.start + stop_after)
+        loader = iteration_loader(data, self.start, stop, t["num_workers"])
+
+        self.method.train()
+        bar = tqdm(total=t["iterations"], initial=self.start, desc=exp, unit="it", dynamic_ncols=True)
+        self._tic = time.perf_counter()
+        try:  # close the bar on an error too, so the error message gets its own line
+            for it, batch in zip(range(self.start, stop), loader):
+                values = self.step(it, batch)
+                done = it + 1
+                row = {"iteration": done, **values, "seconds": self.seconds()}
+                if t["val_every"] and (done % t["val_every"] == 0 or done == t["iterations"]):
+                    row["val_dice"] = score = self.validate()
+                    if score > self.best[0]:
+                        self.best = (score, done)
+                        self.save_checkpoint("best", done, val_dice=score)
+                    self.method.train()
+                log.add(row)
+                bar.set_postfix(loss=f"{values['loss']:.3f}", best=f"{self.best[0]:.3f}", refresh=False)
+                bar.update()
+                if done % t["log_every"] == 0:
+                    log.flush()
+                if done % t["ckpt_every"] == 0 or done == stop:
+                    log.flush()
+                    self.save_checkpoint("latest", done)
+                    if self.on_checkpoint:
+                        self.on_checkpoint(exp, done)
+        finally:
+            bar.close()
+        log.flush()
+        if stop < t["iterations"]:
+            return run.checkpoint("latest")
+        if not t["val_every"]:  # no validation: the final weights are the selection
+            self.save_checkpoint("best", stop, val_dice=math.nan)
+        return self.save_checkpoint("final", stop)
+
+
+def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = None,
+          on_checkpoint: Callable[[str, int], None] | None = None) -> Path:
+    """Train the experiment ``cfg`` into ``run_dir`` (``Trainer.fit``); returns ``final.pt``."""
+    return Trainer(cfg, run_dir, on_checkpoint).fit(stop_after)
 
 
 def validate(model: torch.nn.Module, spec: DatasetSpec, cfg: dict[str, Any], files: list[Path],

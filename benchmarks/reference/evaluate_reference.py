@@ -28,7 +28,8 @@ from crossmatch.data.specs import get_spec
 from crossmatch.evaluate import evaluate_run
 from crossmatch.io import write_yaml
 from crossmatch.models.reference import load_reference_state
-from crossmatch.train import make_model, pick_device, save_checkpoint, splits_for, validate
+from crossmatch.factories import make_model, pick_device, splits_for
+from crossmatch.train import save_checkpoint, validate
 
 
 def main() -> None:

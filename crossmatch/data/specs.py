@@ -34,6 +34,9 @@ class DatasetSpec:
     # 2D datasets whose cases are single images (ISIC), not volumes of slices:
     # training reads volumes/ directly, there is no slices/ folder
     single_images: bool = False
+    # the dataset's experiment defaults over the generic ones (crossmatch.config.DEFAULTS),
+    # by config section: the paper's schedule, the default labeled count
+    presets: dict[str, dict] = field(default_factory=dict)
 
     @property
     def split_dir(self) -> Path:
@@ -53,6 +56,7 @@ DATASETS: dict[str, DatasetSpec] = {
         spacing=None, intensity_range=(0.0, 1.0),
         lists={"labeled": "{n}/labeled.txt", "unlabeled": "{n}/unlabeled.txt",
                "val": "val.txt", "test": "test.txt", "train": "train_slices.txt"},
+        presets={"train": {"batch_size": 12, "optimizer": "sgd", "lr": 0.01, "iterations": 30000}},
     ),
     "la": DatasetSpec(
         name="la", dim=3, n_classes=2, class_names=("LA",), in_channels=1,
@@ -60,6 +64,9 @@ DATASETS: dict[str, DatasetSpec] = {
         spacing=(0.625, 0.625, 0.625), dice_from_class=1, dice_smooth=1e-5,
         lists={"labeled": "train_{n}_label.list", "unlabeled": "train_{n}_unlabel.list",
                "val": "val.list", "test": "test.list", "train": "train.list"},
+        presets={"dataset": {"labeled": 8},
+                 "train": {"batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "iterations": 14000,
+                           "poly_iterations": 17000}},
     ),
     # NIfTI CT resampled to 1 mm and cropped around the pancreas (crossmatch.data.pancreas);
     # training and Dice settings as LA (V-Net, foreground-only Dice)
@@ -69,6 +76,10 @@ DATASETS: dict[str, DatasetSpec] = {
         spacing=(1.0, 1.0, 1.0), dice_from_class=1, dice_smooth=1e-5,
         lists={"labeled": "train_{n}_label.list", "unlabeled": "train_{n}_unlabel.list",
                "val": "val.list", "test": "test.list", "train": "train.list"},
+        # no CrossMatch reference schedule: LA's 3D recipe
+        presets={"dataset": {"labeled": 6},
+                 "train": {"batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "iterations": 14000,
+                           "poly_iterations": 17000}},
     ),
     # RGB dermoscopy resized to 256x256 (crossmatch.data.isic), stored H x W x 3 (channel
     # last: the batches move it first); pixels have no physical spacing after the resize
@@ -78,6 +89,9 @@ DATASETS: dict[str, DatasetSpec] = {
         spacing=None, intensity_range=(0.0, 1.0), single_images=True,
         lists={"labeled": "train_{n}pct_label.list", "unlabeled": "train_{n}pct_unlabel.list",
                "val": "val.list", "test": "test.list", "train": "train.list"},
+        # no CrossMatch reference schedule: ACDC's 2D recipe
+        presets={"dataset": {"labeled": 10},
+                 "train": {"batch_size": 12, "optimizer": "sgd", "lr": 0.01, "iterations": 30000}},
     ),
 }
 
