@@ -131,3 +131,23 @@ def test_preprocess_acdc_writes_slices_numbered_from_one(tmp_path):
     assert np.allclose(s1, image[0]) and np.array_equal(l1, label[0])
     n = len(list((tmp_path / "out" / "slices").glob("*.h5")))
     assert n == len(read_list(get_spec("acdc").split_dir / "train_slices.txt"))
+
+
+def test_acdc_image_outside_the_unit_range_names_the_file(tmp_path):
+    """The SSL4MIS ACDC volumes are min-max normalised to [0, 1]; a volume in
+    another range (raw intensities, 0-255) is refused before anything is written."""
+    from crossmatch.data.phantoms import write_phantom
+    write_phantom("acdc", tmp_path / "ph", n_cases=4, seed=0)
+    victim = sorted((tmp_path / "ph" / "raw").glob("*.h5"))[1]
+    image, label, _ = read_case(victim, 4)
+    write_case(victim, image * 255.0, label)
+    with pytest.raises(DataError, match=re.escape(str(victim)) + r": image values span \[0, 2\d\d\.?\d*\], "
+                       r"outside \[0, 1\]: the acdc raw format is min-max normalised"):
+        preprocess("acdc", tmp_path / "ph" / "raw", tmp_path / "out", split_dir=tmp_path / "ph" / "splits")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_splits_without_a_preprocessed_root_say_to_preprocess(tmp_path):
+    with pytest.raises(DataError, match=r"acdc: no preprocessed data at .*absent \(no volumes/ folder\): "
+                       r"preprocess the raw dataset first, `crossmatch preprocess --dataset acdc"):
+        resolve_splits(get_spec("acdc"), tmp_path / "absent", 3)

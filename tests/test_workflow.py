@@ -218,3 +218,24 @@ def test_schema_repeats_the_code_defaults_and_choices_it_must() -> None:
     assert ds["propertyNames"]["enum"] == list(DATASETS)
     missing = ds["additionalProperties"]["properties"]["missing_cases"]
     assert missing["enum"] == list(MISSING_POLICIES) and missing["default"] == default("dataset", "missing_cases")
+
+
+def test_seeds_on_the_command_line_work_and_a_bad_value_names_its_key(workdir: Path) -> None:
+    one = job_counts(snakemake(workdir, "-n", "all", "--config", "seeds=[0]").stdout)
+    two = job_counts(snakemake(workdir, "-n", "all", "--config", "seeds=[0,1]").stdout)
+    assert 2 * one["train"] == two["train"] == len(default_config()["seeds"]) * one["train"] > 0
+    assert job_counts(snakemake(workdir, "-n", "all", "--config", "seeds=0").stdout)["train"] == one["train"]
+    r = snakemake(workdir, "-n", "all", "--config", "seeds=[zero]")
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "invalid config (keys: config/README.md):\n  seeds.0: 'zero' is not of type 'integer'" in out, out[-2000:]
+
+
+def test_eta_ablation_says_what_eta_weighs() -> None:
+    """η balances the two distillation streams (kd = (1 - η) L_tkd + η L_dkd): the
+    figure title must not call it a feature-perturbation weight."""
+    for name in ("config.yaml", "paper.yaml"):
+        ablations = yaml.safe_load((REPO / "config" / name).read_text())["ablations"]
+        titles = [a["title"] for a in ablations.values() if any("method.eta" in (v.get("set") or {})
+                                                                for v in a["variants"])]
+        assert titles and all("kd = (1 − η) L_tkd + η L_dkd" in t for t in titles), (name, titles)

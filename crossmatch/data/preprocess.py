@@ -78,6 +78,14 @@ def _h5(source: Callable[[Path, str], Path]) -> Callable[[Path, str], tuple[Path
 
 def _read_h5(paths: tuple[Path, ...], spec: DatasetSpec) -> RawCase:
     image, label, spacing = read_case(paths[0], spec.n_classes)
+    if spec.intensity_range is not None:  # a min-max normalised format (ACDC's SSL4MIS volumes)
+        low, high = spec.intensity_range
+        lo, hi = float(image.min()), float(image.max())
+        if lo < low - 1e-3 or hi > high + 1e-3:
+            raise DataError(f"{paths[0]}: image values span [{lo:.4g}, {hi:.4g}], outside [{low:g}, {high:g}]: "
+                            f"the {spec.name} raw format is min-max normalised to [{low:g}, {high:g}] per volume "
+                            "(the colour jitter and the reference's transforms assume it); normalise the "
+                            "volume or use the published copy")
     return RawCase(image, label, spacing, {})
 
 

@@ -142,6 +142,11 @@ def resolve_splits(spec: DatasetSpec, root: str | Path, labeled: int | str,
     if missing not in MISSING_POLICIES:
         raise ValueError(f"missing_cases must be one of {MISSING_POLICIES}, got {missing!r}")
     root, overrides = Path(root), overrides or {}
+    if not (root / "volumes").is_dir():
+        raise DataError(f"{spec.name}: no preprocessed data at {root} (no volumes/ folder): preprocess "
+                        f"the raw dataset first, `crossmatch preprocess --dataset {spec.name} --raw <raw folder> "
+                        f"--out {root}` (or `crossmatch preprocess --config <experiment.yaml>`), or set "
+                        "dataset.root to where it was written; the workflow does this itself")
     split_dir = Path(split_dir) if split_dir else spec.split_dir
     if labeled != "all" and int(labeled) not in spec.labeled_counts and "labeled" not in overrides:
         raise DataError(f"{spec.name}: no split lists for {labeled} labeled cases; "

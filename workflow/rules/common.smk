@@ -13,7 +13,33 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-validate(config, schema="../schemas/config.schema.yaml")
+
+def _seeds_from_command_line(cfg):
+    """`--config seeds=[0,1]` arrives as ['0', '1'] and `seeds=0` as 0: make them integers."""
+    seeds = cfg.get("seeds")
+    if isinstance(seeds, (int, str)):
+        seeds = [seeds]
+    if isinstance(seeds, list) and all(isinstance(s, int) or (isinstance(s, str) and s.strip().isdigit())
+                                       for s in seeds):
+        cfg["seeds"] = [int(s) for s in seeds]
+
+
+def _schema_errors(cfg, path):
+    """Every schema violation on one line each, with its key (the bare schema dump hides it)."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(path).read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.path))
+    keys = lambda e: ".".join(str(p) for p in e.path) or "(top level)"  # noqa: E731
+    return [f"{keys(e)}: {e.message}" for e in errors]
+
+
+_seeds_from_command_line(config)
+_errors = _schema_errors(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+if _errors:
+    raise WorkflowError("invalid config (keys: config/README.md):\n  " + "\n  ".join(_errors))
+validate(config, schema="../schemas/config.schema.yaml")  # fills the schema's defaults
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # a checkout without `pip install -e .`
 from crossmatch.errors import ConfigError  # noqa: E402
