@@ -13,7 +13,7 @@ import sys
 
 from .errors import CrossMatchError
 
-EPILOG_CONFIG = ("Config keys and defaults: `crossmatch config` (or README, 'Configuration'). "
+EPILOG_CONFIG = ("Config keys and defaults: `crossmatch config` (or docs/configuration.md). "
                  "Override any key with --set section.key=value, e.g. --set train.iterations=1500.")
 
 

@@ -1,9 +1,9 @@
 """Experiment configuration: defaults, per-dataset presets, validation, ids.
 
 An experiment config is YAML with four sections. Every key, its default and
-its meaning is in ``DEFAULTS`` below (the README's configuration table is
-generated from the same text); method hyperparameters are declared by the
-method class itself (``crossmatch.methods``).
+its meaning is in ``DEFAULTS`` below (docs/configuration.md's table is
+generated from the same text); method hyperparameters are declared in
+``crossmatch.methods.catalog``.
 """
 from __future__ import annotations
 

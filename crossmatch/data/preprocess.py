@@ -126,7 +126,7 @@ def preprocess(dataset: str, raw: str | Path, out: str | Path, missing: str = "e
         raise ValueError(f"missing must be one of {MISSING_POLICIES}")
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
-        raise DataError(f"{dataset}: raw data folder {raw} does not exist; see README 'Data' "
+        raise DataError(f"{dataset}: raw data folder {raw} does not exist; see docs/data.md "
                         "for where to get the dataset and where to put it")
     fmt = FORMATS[dataset]
     try:
@@ -135,7 +135,7 @@ def preprocess(dataset: str, raw: str | Path, out: str | Path, missing: str = "e
         if fmt.lists is None or split_dir:
             raise
         raise DataError(f"{e}; the {dataset} lists are generated once: `python -m crossmatch splits "
-                        f"--dataset {dataset} --raw {raw}` (see README, 'Data')") from None
+                        f"--dataset {dataset} --raw {raw}` (see docs/data.md)") from None
     absent = [c for c in cases if not fmt.source(raw, c).is_file()]
     if absent and missing == "error":
         raise DataError(missing_cases_message(spec, absent, len(cases), raw, fmt.source(raw, absent[0])))

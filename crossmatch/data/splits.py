@@ -120,7 +120,7 @@ def missing_cases_message(spec: DatasetSpec, missing: list[str], total: int, whe
     expected = f", expected e.g. {example}" if example else ""
     return (f"{spec.name}: {len(missing)} of {total} cases named in the split lists are missing "
             f"under {where} (first: {', '.join(missing[:3])}{expected}). Get the complete dataset "
-            f"(README, section 'Data'), or run on the {present} present cases with "
+            f"(docs/data.md), or run on the {present} present cases with "
             f"--missing-cases subset (config key dataset.missing_cases: subset).")
 
 
