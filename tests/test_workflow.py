@@ -239,3 +239,13 @@ def test_eta_ablation_says_what_eta_weighs() -> None:
         titles = [a["title"] for a in ablations.values() if any("method.eta" in (v.get("set") or {})
                                                                 for v in a["variants"])]
         assert titles and all("kd = (1 − η) L_tkd + η L_dkd" in t for t in titles), (name, titles)
+
+
+def test_workflow_files_are_snakefmt_clean() -> None:
+    """`snakefmt --check` (pinned in the test extra, settings in pyproject.toml)."""
+    snakefmt = Path(sys.executable).parent / "snakefmt"
+    if not snakefmt.exists():
+        pytest.skip("snakefmt not installed (pip install -e '.[test]')")
+    r = subprocess.run([str(snakefmt), "--check", "Snakefile", "workflow/rules"], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:] + "\nrun: snakefmt Snakefile workflow/rules"

@@ -19,8 +19,9 @@ def _seeds_from_command_line(cfg):
     seeds = cfg.get("seeds")
     if isinstance(seeds, (int, str)):
         seeds = [seeds]
-    if isinstance(seeds, list) and all(isinstance(s, int) or (isinstance(s, str) and s.strip().isdigit())
-                                       for s in seeds):
+    if isinstance(seeds, list) and all(
+        isinstance(s, int) or (isinstance(s, str) and s.strip().isdigit()) for s in seeds
+    ):
         cfg["seeds"] = [int(s) for s in seeds]
 
 
@@ -138,11 +139,13 @@ def experiment_yaml(exp):
 
 def job_resource(key, default):
     """A resource of a job on one experiment, from datasets.<name>.resources."""
+
     def get(wildcards, attempt=1):
         res = dataset_cfg(EXPS[wildcards.exp]["dataset"]).get("resources") or {}
         value = res.get(key, default)
         # a retried job may have died of memory: give it more
         return value * attempt if key == "mem_mb" else value
+
     return get
 
 
@@ -196,6 +199,10 @@ def ablation_figures():
 
 
 def all_figures():
-    per_dataset = [f"{R}/figures/{kind}_{d}.{ext}" for d in COMPARISON_DATASETS
-                   for kind in ("training_curves", "qualitative") for ext in ("png", "pdf")]
+    per_dataset = [
+        f"{R}/figures/{kind}_{d}.{ext}"
+        for d in COMPARISON_DATASETS
+        for kind in ("training_curves", "qualitative")
+        for ext in ("png", "pdf")
+    ]
     return [*ablation_figures(), *per_dataset]

@@ -8,14 +8,13 @@ rule phantom:
         f"{R}/phantoms/{{dataset}}/phantom.json",
     log:
         f"{R}/logs/phantom/{{dataset}}.log",
+    conda:
+        "../../envs/crossmatch-cpu.yaml"
     params:
         args=phantom_args,
         out=lambda wc: f"{R}/phantoms/{wc.dataset}",
-    conda:
-        "../../envs/crossmatch-cpu.yaml"
     shell:
-        "python -m crossmatch phantom --dataset {wildcards.dataset} --out {params.out} "
-        "{params.args} > {log} 2>&1"
+        "python -m crossmatch phantom --dataset {wildcards.dataset} --out {params.out} " "{params.args} > {log} 2>&1"
 
 
 rule check_data:
@@ -23,11 +22,11 @@ rule check_data:
         f"{R}/data/{{dataset}}/check.json",
     log:
         f"{R}/logs/check_data/{{dataset}}.log",
+    conda:
+        "../../envs/crossmatch-cpu.yaml"
     params:
         raw=lambda wc: data_paths(wc.dataset)["raw"],
         args=check_args,
-    conda:
-        "../../envs/crossmatch-cpu.yaml"
     shell:
         "python -m crossmatch check-data --dataset {wildcards.dataset} --raw {params.raw:q} {params.args} "
         "--stamp {output} > {log} 2>&1 || (cat {log} >&2; exit 1)"
@@ -40,15 +39,15 @@ rule preprocess:
         f"{R}/data/{{dataset}}/manifest.json",
     log:
         f"{R}/logs/preprocess/{{dataset}}.log",
+    conda:
+        "../../envs/crossmatch-cpu.yaml"
+    resources:
+        mem_mb=4000,
     params:
         raw=lambda wc: data_paths(wc.dataset)["raw"],
         split_dir=lambda wc: data_paths(wc.dataset)["split_dir"],
         missing=lambda wc: dataset_cfg(wc.dataset).get("missing_cases", xconfig.default("dataset", "missing_cases")),
         root=lambda wc: data_paths(wc.dataset)["root"],
-    resources:
-        mem_mb=4000,
-    conda:
-        "../../envs/crossmatch-cpu.yaml"
     shell:
         "python -m crossmatch preprocess --dataset {wildcards.dataset} --raw {params.raw:q} "
         "--out {params.root} --missing-cases {params.missing} "

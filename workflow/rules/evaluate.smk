@@ -14,15 +14,15 @@ rule evaluate:
         f"{R}/logs/evaluate/{{exp}}.log",
     benchmark:
         f"{R}/benchmarks/evaluate/{{exp}}.tsv"
-    params:
-        run=lambda wc: run_dir(wc.exp),
+    conda:
+        "../../envs/crossmatch-cuda.yaml"
     threads: job_threads
     resources:
         gpu=job_resource("gpu", 1),
         mem_mb=job_resource("mem_mb", 16000),
         runtime=60,
-    conda:
-        "../../envs/crossmatch-cuda.yaml"
+    params:
+        run=lambda wc: run_dir(wc.exp),
     shell:
         "python -m crossmatch evaluate --run {params.run} --checkpoint both --threads {threads} > {log} 2>&1 "
         "|| (tail -n 20 {log} >&2; exit 1)"

@@ -6,10 +6,10 @@ rule grid:
         f"{R}/grid.json",
     log:
         f"{R}/logs/report/grid.log",
+    localrule: True
     params:
         # the expansion itself: a changed grid re-runs this rule and the report
         grid=json.dumps(GRID, sort_keys=True),
-    localrule: True
     run:
         from crossmatch.io import write_text
 
@@ -27,10 +27,10 @@ rule table:
         csv=f"{R}/tables/{{table}}.csv",
     log:
         f"{R}/logs/report/{{table}}.log",
-    params:
-        prefix=output_prefix,
     conda:
         "../../envs/crossmatch-cpu.yaml"
+    params:
+        prefix=output_prefix,
     shell:
         "python -m crossmatch report table --grid {input.grid} --name {wildcards.table} "
         "--runs {input.runs} --out {params.prefix} > {log} 2>&1 || (cat {log} >&2; exit 1)"
@@ -46,10 +46,10 @@ rule ablation_figure:
         caption=f"{R}/figures/{{table}}.txt",
     log:
         f"{R}/logs/report/figure_{{table}}.log",
-    params:
-        prefix=output_prefix,
     conda:
         "../../envs/crossmatch-cpu.yaml"
+    params:
+        prefix=output_prefix,
     shell:
         "python -m crossmatch report figure --grid {input.grid} --name {wildcards.table} "
         "--runs {input.runs} --out {params.prefix} > {log} 2>&1 || (cat {log} >&2; exit 1)"
@@ -60,16 +60,17 @@ rule training_curves:
         grid=f"{R}/grid.json",
         runs=dataset_runs,
     output:
-        png=report(f"{R}/figures/training_curves_{{dataset}}.png", caption="../report/figure.rst",
-                   category="Training curves"),
+        png=report(
+            f"{R}/figures/training_curves_{{dataset}}.png", caption="../report/figure.rst", category="Training curves"
+        ),
         pdf=f"{R}/figures/training_curves_{{dataset}}.pdf",
         caption=f"{R}/figures/training_curves_{{dataset}}.txt",
     log:
         f"{R}/logs/report/training_curves_{{dataset}}.log",
-    params:
-        prefix=output_prefix,
     conda:
         "../../envs/crossmatch-cpu.yaml"
+    params:
+        prefix=output_prefix,
     shell:
         "python -m crossmatch report curves --grid {input.grid} --dataset {wildcards.dataset} "
         "--runs {input.runs} --out {params.prefix} > {log} 2>&1 || (cat {log} >&2; exit 1)"
@@ -80,17 +81,16 @@ rule qualitative:
         grid=f"{R}/grid.json",
         runs=dataset_runs,
     output:
-        png=report(f"{R}/figures/qualitative_{{dataset}}.png", caption="../report/figure.rst",
-                   category="Qualitative"),
+        png=report(f"{R}/figures/qualitative_{{dataset}}.png", caption="../report/figure.rst", category="Qualitative"),
         pdf=f"{R}/figures/qualitative_{{dataset}}.pdf",
         caption=f"{R}/figures/qualitative_{{dataset}}.txt",
     log:
         f"{R}/logs/report/qualitative_{{dataset}}.log",
+    conda:
+        "../../envs/crossmatch-cpu.yaml"
     params:
         prefix=output_prefix,
         cases=config.get("figures", {}).get("qualitative_cases", 3),
-    conda:
-        "../../envs/crossmatch-cpu.yaml"
     shell:
         "python -m crossmatch report qualitative --grid {input.grid} --dataset {wildcards.dataset} "
         "--cases {params.cases} --runs {input.runs} --out {params.prefix} > {log} 2>&1 "

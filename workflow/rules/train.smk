@@ -10,10 +10,10 @@ rule experiment:
         run_file("experiment"),
     log:
         f"{R}/logs/experiment/{{exp}}.log",
+    localrule: True
     params:
         # the settings the config gives this experiment: a changed one re-writes the file
         settings=experiment_settings,
-    localrule: True
     run:
         from crossmatch.io import write_text
 
@@ -32,16 +32,16 @@ rule train:
         f"{R}/logs/train/{{exp}}.log",
     benchmark:
         f"{R}/benchmarks/train/{{exp}}.tsv"
-    params:
-        out=lambda wc: run_dir(wc.exp),
+    retries: config.get("retries", 1)
+    conda:
+        "../../envs/crossmatch-cuda.yaml"
     threads: job_threads
     resources:
         gpu=job_resource("gpu", 1),
         mem_mb=job_resource("mem_mb", 16000),
         runtime=job_resource("runtime", 720),
-    retries: config.get("retries", 1)
-    conda:
-        "../../envs/crossmatch-cuda.yaml"
+    params:
+        out=lambda wc: run_dir(wc.exp),
     shell:
         "python -m crossmatch train --config {input.config} --set train.threads={threads} --out {params.out} "
         ">> {log} 2>&1 || (tail -n 20 {log} >&2; exit 1)"
