@@ -116,3 +116,10 @@ def roots(tmp_path_factory):
                              capture_output=True, text=True)
         assert res.returncode == 0, res.stderr[-3000:]
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Real-data tests read and preprocess ../shared/data: slow, out of the quick tier."""
+    for item in items:
+        if item.get_closest_marker("realdata"):
+            item.add_marker(pytest.mark.slow)

@@ -33,6 +33,7 @@ def _single(variant: str, batch: int = 1, crop: tuple[int, ...] = ()) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_flop_count_scales_with_the_batch_and_shows_what_stacking_costs():
     """The README reads GFLOP/s to tell machine speed from code speed. The
     count is linear in the batch and the pixels (a convolutional network), and

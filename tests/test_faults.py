@@ -24,10 +24,12 @@ import torch
 import yaml
 
 from conftest import REPO, tiny_overrides
-from test_workflow import pytestmark, snakemake  # noqa: F401 (pytestmark: skip without snakemake)
+from test_workflow import pytestmark as _needs_snakemake, snakemake
 
 from crossmatch.evaluate import evaluate_run
 from crossmatch.train import FAIL_ONCE_ENV
+
+pytestmark = [_needs_snakemake, pytest.mark.slow]
 
 ITERS = 30
 RES = "results/tiny"

@@ -207,7 +207,7 @@ RUNS = {
 }
 
 
-@pytest.mark.parametrize("name", ["pancreas", "isic"])
+@pytest.mark.parametrize("name", [pytest.param("pancreas", marks=pytest.mark.slow), "isic"])
 def test_train_and_evaluate_on_the_phantom(phantoms, tmp_path, name):
     base = phantoms[name]
     sets = [f"dataset.name={name}", f"dataset.root={base / 'root'}", f"dataset.split_dir={base / 'ph' / 'splits'}",

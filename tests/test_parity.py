@@ -315,6 +315,7 @@ def kd_of(logs: dict, eta: float) -> float:
     return (1 - eta) * tkd + eta * (logs["dkd_dw"] + logs["dkd_ds"]) / 2
 
 
+@pytest.mark.slow
 def test_one_acdc_crossmatch_step_equals_the_reference(tmp_path, monkeypatch):
     """With ``source_pass: train`` (the reference's CutMix-source passes) one
     step gives the reference's loss terms, gradients and batch-norm statistics."""
@@ -349,6 +350,7 @@ def test_one_acdc_crossmatch_step_equals_the_reference(tmp_path, monkeypatch):
     assert logs["loss"] == pytest.approx(s["train/loss_all"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_one_la_crossmatch_step_equals_the_reference(tmp_path, monkeypatch):
     """The LA script (V-Net, AdamW, ramped threshold: its first iteration uses
     --conf_thresh as given) on a 32x32x16 batch, with ``source_pass: train``."""

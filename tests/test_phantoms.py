@@ -145,6 +145,7 @@ def _learn(tmp_path: Path, name: str, phantom: dict, labeled: int, train_cfg: di
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_2d_phantom_is_learnable(tmp_path):
     # measured 0.82-0.87 over phantom seeds 0-2 (chance, all one class: < 0.1)
     dice = _learn(tmp_path, "acdc", dict(n_cases=6, size=(6, 32, 32)), 3,
@@ -152,6 +153,7 @@ def test_2d_phantom_is_learnable(tmp_path):
     assert dice > 0.6
 
 
+@pytest.mark.slow
 def test_3d_phantom_is_learnable(tmp_path):
     # 30 iterations: one training seed is noisy (measured 0.47 / 0.58 / 0.82 over
     # training seeds 0-2, mean 0.62; chance, all foreground: about 0.1), so the mean is tested

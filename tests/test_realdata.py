@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
 def cli(*args: str) -> str:

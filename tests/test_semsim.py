@@ -181,6 +181,7 @@ def cli(*args: str, env=None, check=True) -> subprocess.CompletedProcess:
     return res
 
 
+@pytest.mark.slow
 def test_cli_train_evaluate_and_resume_after_a_kill(acdc_root, tmp_path):
     raw = tiny_overrides(acdc_root, iterations=4, ckpt_every=2, val_every=2)
     raw["method"] = {"name": "semsim", "tau": 0.5}

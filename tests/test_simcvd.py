@@ -106,6 +106,7 @@ def test_info_nce_is_lower_for_identical_views_than_for_shuffled_ones():
     assert info_nce(z, z, 0.5) < info_nce(z, view, 0.5) < info_nce(z, shuffled, 0.5)
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_equals_uninterrupted(la_root, tmp_path):
     raw = tiny_overrides(la_root, iterations=5, ckpt_every=2, val_every=0, crop=[32, 16, 16], lr=0.001)
     raw["method"] = {"name": "simcvd", "n_voxels": 128, "ramp_length": 4}

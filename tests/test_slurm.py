@@ -34,6 +34,7 @@ def _skip_reason() -> str | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_skip_reason() is not None,
                     reason=f"SLURM end-to-end test skipped: {_skip_reason()}")
 def test_slurm_profile_on_a_real_single_node_slurm() -> None:

@@ -17,7 +17,8 @@ def _weights(path):
     return torch.load(path, weights_only=False)["model"]
 
 
-@pytest.mark.parametrize("method,workers", [("crossmatch", 0), ("crossmatch", 1), ("supervised", 0)])
+@pytest.mark.parametrize("method,workers", [("crossmatch", 0), pytest.param("crossmatch", 1, marks=pytest.mark.slow),
+                                            ("supervised", 0)])
 def test_killed_and_resumed_run_equals_uninterrupted(acdc_root, tmp_path, method, workers):
     raw = tiny_overrides(acdc_root, iterations=6, ckpt_every=2, num_workers=workers)
     raw["method"] = {"name": method}

@@ -125,6 +125,7 @@ def read_md_rows(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.startswith("|")]
 
 
+@pytest.mark.slow
 def test_default_config_end_to_end_then_partial_rerun(workdir: Path) -> None:
     # the default config with one seed (the README's quick start runs both) and the
     # Pancreas-CT phantom at a 32^3 crop for 10 iterations, tested at stride 32:
