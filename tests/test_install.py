@@ -25,11 +25,12 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.Comple
 def installed(tmp_path_factory) -> Path:
     """The wheel's files installed into a folder of their own (--target)."""
     tmp = tmp_path_factory.mktemp("wheel")
-    try:
-        import setuptools  # noqa: F401  (build without fetching a build backend)
-        isolation = ["--no-build-isolation"]
-    except ImportError:
-        isolation = []
+    try:  # build with the installed setuptools when it can make wheels itself (>= 70.1)
+        import setuptools
+        own = tuple(int(x) for x in setuptools.__version__.split(".")[:2]) >= (70, 1)
+    except (ImportError, ValueError):
+        own = False
+    isolation = ["--no-build-isolation"] if own else []
     run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", *isolation, "-w", str(tmp / "dist"),
          str(REPO)], cwd=tmp)
     (wheel,) = (tmp / "dist").glob("crossmatch_repro-*.whl")
