@@ -56,11 +56,12 @@ def _train(a: argparse.Namespace) -> None:
 
 
 def _evaluate(a: argparse.Namespace) -> None:
-    from .evaluate import CHECKPOINTS, evaluate_run
+    from .evaluate import evaluate_run
+    from .layout import EVAL_CHECKPOINTS
     if a.threads:
         import torch
         torch.set_num_threads(a.threads)
-    for ckpt in (CHECKPOINTS if a.checkpoint == "both" else (a.checkpoint,)):
+    for ckpt in (EVAL_CHECKPOINTS if a.checkpoint == "both" else (a.checkpoint,)):
         s = evaluate_run(a.run, ckpt, a.device, save_predictions=not a.no_predictions, limit=a.limit)
         per = ", ".join(f"{n} {100 * s['per_class'][str(i + 1)]['dice']['mean']:.1f}"
                         for i, n in enumerate(s["class_names"]))

@@ -31,8 +31,6 @@ from .io import atomic_path, write_json
 from .layout import EVAL_CHECKPOINTS, Run
 from .metrics import EMPTY_POLICY, METRIC_KEYS, case_metrics, dice, summarise
 
-CHECKPOINTS = EVAL_CHECKPOINTS
-
 
 def predict_volume(model: torch.nn.Module, image: np.ndarray, spec: DatasetSpec, cfg: dict[str, Any],
                    device: torch.device, stride: list[int] | None = None) -> np.ndarray:
@@ -72,8 +70,8 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 def evaluate_run(run_dir: str | Path, checkpoint: str = "final", device: str = "auto",
                  save_predictions: bool = True, limit: int = 0) -> dict[str, Any]:
     """Evaluate ``checkpoints/<checkpoint>.pt`` of ``run_dir`` on the test split."""
-    if checkpoint not in CHECKPOINTS:
-        raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
+    if checkpoint not in EVAL_CHECKPOINTS:  # before the model is built (layout.Run checks it too)
+        raise ValueError(f"checkpoint must be one of {EVAL_CHECKPOINTS}, got {checkpoint!r}")
     run = Run(run_dir)
     cfg = load_run(run_dir)
     ckpt_path = run.checkpoint(checkpoint)
