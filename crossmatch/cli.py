@@ -51,7 +51,8 @@ def _train(a: argparse.Namespace) -> None:
     print(f"crossmatch train{f' --config {a.config}' if a.config else ''}{sets} --out {a.out}\n"
           f"experiment {config.experiment_id(cfg)}; resolved config -> {a.out}/config.yaml", flush=True)
     marker = os.environ.get(FAIL_ONCE_ENV)  # test-only fault injection (crossmatch.train)
-    path = train(cfg, a.out, stop_after=a.stop_after, on_checkpoint=fail_once(marker) if marker else None)
+    path = train(cfg, a.out, stop_after=a.stop_after, on_checkpoint=fail_once(marker) if marker else None,
+                 restart_if_changed=a.restart_if_changed)
     print(f"checkpoint: {path}")
 
 
@@ -169,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key (repeatable)")
     s.add_argument("--stop-after", type=int, default=None,
                    help="stop after N iterations of this call (simulates an interruption)")
+    s.add_argument("--restart-if-changed", action="store_true",
+                   help="if --out holds a run with other settings, move it to --out/superseded/ and train "
+                        "afresh (default: refuse; the workflow passes this flag)")
     s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     s.set_defaults(func=_train)
 

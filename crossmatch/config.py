@@ -35,6 +35,8 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
                           "(empty: the shipped standard lists)"),
     },
     "model": {
+        "width": (16, "channels of the first stage, doubled per stage (2D UNet 16-256, 3D V-Net 16-256, "
+                       "the reference networks); smaller only for quick checks (the synthetic default: 8)"),
         "dropout_type": ("dropout", "feature perturbation: dropout | alpha | feature_alpha"),
         "fp_gap": (0.5, "weak/strong feature dropout p = 0.5 -/+ gap/2"),
         "stack_streams": (True, "decode perturbed streams in one stacked batch (false: loop)"),
@@ -159,6 +161,8 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
     if t["val_every"] < 0:
         raise ConfigError(f"train.val_every must be >= 0 (0: never), got {t['val_every']}")
+    if cfg["model"]["width"] < 1:
+        raise ConfigError(f"model.width must be >= 1, got {cfg['model']['width']}")
     if not 0.0 <= cfg["model"]["fp_gap"] < 1.0:
         raise ConfigError(f"model.fp_gap must be in [0, 1), got {cfg['model']['fp_gap']}")
     if t["poly_iterations"] < t["iterations"]:

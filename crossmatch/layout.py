@@ -53,6 +53,17 @@ class Run:
         """``latest``, ``best`` or ``final``."""
         return self.checkpoints / f"{name}.pt"
 
+    def supersede(self) -> Path:
+        """Move the trained state (checkpoints, log, evaluations) to
+        ``superseded/<UTC time>/``, leaving the folder empty for a fresh run."""
+        import time
+        dest = self.root / "superseded" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in (self.checkpoints, self.log, self.config, self.root / "eval"):
+            if path.exists():
+                path.rename(dest / path.name)
+        return dest
+
     def eval_dir(self, checkpoint: str) -> Path:
         if checkpoint not in EVAL_CHECKPOINTS:
             raise ValueError(f"checkpoint must be one of {EVAL_CHECKPOINTS}, got {checkpoint!r}")

@@ -146,8 +146,10 @@ class Trainer:
     synthetic batches, as benchmarks/step_benchmark.py does)."""
 
     def __init__(self, cfg: dict[str, Any], run_dir: str | Path,
-                 on_checkpoint: Callable[[str, int], None] | None = None, check_data: bool = True):
+                 on_checkpoint: Callable[[str, int], None] | None = None, check_data: bool = True,
+                 restart_if_changed: bool = False):
         self.cfg, self.t, self.run_dir, self.run = cfg, cfg["train"], Path(run_dir), Run(run_dir)
+        self.restart_if_changed = restart_if_changed
         self.spec, self.exp = get_spec(cfg["dataset"]["name"]), experiment_id(cfg)
         self.method_cls = get_method(cfg["method"]["name"]).load()
         self.splits = splits_for(cfg) if check_data else None
@@ -176,13 +178,20 @@ class Trainer:
 
     def read_checkpoint(self) -> dict[str, Any] | None:
         """``latest.pt`` (on the CPU: RNG states must stay there), refused if it
-        holds other settings than this config's."""
+        holds other settings than this config's; with ``restart_if_changed``
+        (the workflow: its experiment file is the truth) the old run is moved
+        to ``superseded/`` and training starts afresh."""
         for stale in self.run.checkpoints.glob(".*.tmp"):  # a save interrupted by a kill (io.atomic_path)
             stale.unlink()
         latest = self.run.checkpoint("latest")
         state = torch.load(latest, map_location="cpu", weights_only=False) if latest.is_file() else None
         if state is not None and "config" in state:
             conflict = _resume_conflict(state["config"], self.cfg)
+            if conflict and self.restart_if_changed:
+                moved = self.run.supersede()
+                print(f"{self.exp}: the settings changed ({conflict}); the old run moved to {moved}, "
+                      "training afresh", flush=True)
+                return None
             if conflict:
                 raise ConfigError(f"{self.run_dir} holds a run with other settings ({conflict}); resume it "
                                   "with its own config (see its config.yaml), train into a new --out, or "
@@ -310,9 +319,9 @@ class Trainer:
 
 
 def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = None,
-          on_checkpoint: Callable[[str, int], None] | None = None) -> Path:
+          on_checkpoint: Callable[[str, int], None] | None = None, restart_if_changed: bool = False) -> Path:
     """Train the experiment ``cfg`` into ``run_dir`` (``Trainer.fit``); returns ``final.pt``."""
-    return Trainer(cfg, run_dir, on_checkpoint).fit(stop_after)
+    return Trainer(cfg, run_dir, on_checkpoint, restart_if_changed=restart_if_changed).fit(stop_after)
 
 
 def validate(model: torch.nn.Module, spec: DatasetSpec, cfg: dict[str, Any], files: list[Path],

@@ -22,6 +22,18 @@ def test_output_shapes_with_and_without_fp(dim, shape):
     assert a.shape[0] == 0 and b.shape[0] == bw.shape[0] == bs.shape[0] == shape[0]
 
 
+def test_width_scales_every_stage():
+    """model.width is the first stage's channels (16: the reference networks,
+    1,813,764 parameters in 2D); every stage doubles it, so parameters scale
+    about with width squared, and the output shape does not change."""
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    for dim, n_classes, shape in ((2, 4, (2, 1, 32, 32)), (3, 2, (2, 1, 16, 16, 16))):
+        ref, half = build_model(dim, 1, n_classes), build_model(dim, 1, n_classes, width=8)
+        assert 3.5 < count(ref) / count(half) < 4.5
+        assert half(torch.randn(shape)).shape == ref(torch.randn(shape)).shape
+    assert count(build_model(2, 1, 4)) == 1_813_764
+
+
 def test_stacked_streams_equal_looped_streams():
     torch.manual_seed(0)
     stacked = build_model(2, 1, 4).eval()

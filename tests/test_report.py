@@ -134,6 +134,36 @@ def _csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _html_cells(text: str) -> dict[str, Any]:
+    """Caption, body rows (cell texts) and bold texts of a one-table HTML page."""
+    from html.parser import HTMLParser
+
+    out: dict[str, Any] = {"caption": "", "rows": [], "bold": []}
+    where: list[str] = []
+
+    class P(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            where.append(tag)
+            if tag == "tr" and "tbody" in where:
+                out["rows"].append([])
+            if tag == "td" and "tbody" in where:
+                out["rows"][-1].append("")
+
+        def handle_endtag(self, tag):
+            where.pop()
+
+        def handle_data(self, data):
+            if "caption" in where:
+                out["caption"] += data
+            elif "td" in where and "tbody" in where:
+                out["rows"][-1][-1] += data
+                if "b" in where:
+                    out["bold"].append(data)
+
+    P().feed(text)
+    return out
+
+
 def test_comparison_table(grid: dict[str, Any], tmp_path: Path) -> None:
     prefix = tmp_path / "out" / "comparison_acdc"
     write_table(grid, "comparison_acdc", prefix)
@@ -170,6 +200,14 @@ def test_comparison_table(grid: dict[str, Any], tmp_path: Path) -> None:
     bare = re.sub(r"\\[{}]", "", tex)
     assert bare.count("{") == bare.count("}")
     assert "fully\\_supervised" in tex and "_supervised" not in tex.replace("\\_", "")
+    # HTML (the Snakemake report's view): the same cells, parsed as a browser would
+    page = _html_cells(Path(f"{prefix}.html").read_text())
+    assert page["caption"].startswith("Table comparison_acdc.") and "SYNTHETIC PHANTOM DATA" in page["caption"]
+    body = {r[0]: r[1:] for r in page["rows"]}
+    dice3 = 4  # column groups 1 and 3 labeled, 4 metrics each
+    assert body["crossmatch"][dice3] == "85.00 ± 7.07" and "85.00 ± 7.07" in page["bold"]
+    assert body["↳ crossmatch reported [1,2]"][dice3] == "80.00 (Δ +5.00)"
+    assert "96.00 ± 1.41" not in page["bold"]
 
 
 def test_ablation_table_and_figure(grid: dict[str, Any], tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from crossmatch import config
 from crossmatch.errors import ConfigError, TrainingDiverged
@@ -214,6 +215,23 @@ def test_resume_with_other_settings_is_refused(acdc_root, tmp_path):
         train(other, tmp_path / "run")
     # worker count may change between the two halves
     train(config.resolve(tiny_overrides(acdc_root, iterations=4, num_workers=1)), tmp_path / "run")
+
+
+def test_changed_settings_restart_afresh_when_asked(acdc_root, tmp_path, capsys):
+    """The workflow's train job (--restart-if-changed): a run whose settings
+    changed is moved to superseded/ and trained from iteration 0."""
+    run = tmp_path / "run"
+    train(config.resolve(tiny_overrides(acdc_root, iterations=4)), run, stop_after=2)
+    old_latest = (run / "checkpoints/latest.pt").read_bytes()
+    other = config.resolve({**tiny_overrides(acdc_root, iterations=4), "method": {"eta": 0.5}})
+    train(other, run, restart_if_changed=True)
+    assert "the settings changed (method.eta: 0.3 in the checkpoint, 0.5 now)" in capsys.readouterr().out
+    (moved,) = (run / "superseded").iterdir()
+    assert (moved / "checkpoints/latest.pt").read_bytes() == old_latest
+    assert len(pd.read_csv(moved / "log.csv")) == 2
+    log = pd.read_csv(run / "log.csv")
+    assert log["iteration"].tolist() == [1, 2, 3, 4]        # afresh, not resumed at 2
+    assert yaml.safe_load((run / "config.yaml").read_text())["method"]["eta"] == 0.5
 
 
 def test_stride_larger_than_crop_is_rejected():

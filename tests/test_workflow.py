@@ -125,27 +125,50 @@ def read_md_rows(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.startswith("|")]
 
 
-@pytest.mark.slow
-def test_default_config_end_to_end_then_partial_rerun(workdir: Path) -> None:
-    # the default config with one seed (the README's quick start runs both) and the
-    # Pancreas-CT phantom at a 32^3 crop for 10 iterations, tested at stride 32:
-    # every dataset, method, table and figure in a third of the time (the pancreas
-    # phantom is not learned at that budget: no floor)
-    cfg = {**default_config(), "seeds": [0]}
-    pancreas = cfg["datasets"]["pancreas"]["experiment"]
-    pancreas["train"].update(crop=[32, 32, 32], iterations=10, val_every=10, ckpt_every=10)
-    pancreas["eval"].update(stride=[32, 32, 32])
-    cf = ("--configfile", str(write_config(workdir, cfg)))
-    r = snakemake(workdir, "--cores", "2", "all", *cf, timeout=1200)
+@pytest.fixture(scope="module")
+def quick_start(tmp_path_factory) -> Path:
+    """The README's quick start (the default config as is) and its report,
+    run once for the tests below; returns the working directory."""
+    workdir = tmp_path_factory.mktemp("quick_start")
+    (workdir / "config").symlink_to(REPO / "config")
+    r = snakemake(workdir, "--cores", "2", "all", "--configfile", str(write_config(workdir, default_config())),
+                  timeout=1200)
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    r = snakemake(workdir, "--report", "report.html", "--configfile", str(workdir / "test_config.yaml"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_report_shows_every_table_and_figure_in_a_browser(quick_start: Path) -> None:
+    """The report opened in headless Chromium (tests/browser.py): every result
+    is shown (an image, or an HTML table), grouped by dataset."""
+    import browser
+    if browser.chromium() is None:
+        pytest.skip("Chromium not installed (Debian: apt-get install chromium)")
+    found = browser.probe(quick_start / "report.html")
+    assert set(found["categories"]) == {f"{d} (synthetic)" for d in ("acdc", "la", "pancreas", "isic")}
+    assert found["categories"]["acdc (synthetic)"] == ["Tables", "Ablation figures", "Training curves", "Qualitative"]
+    # 9 tables, 5 ablation figures, 4 x (training curves, qualitative)
+    assert len(found["results"]) == 22, found["results"]
+    bad = {p: s for p, s in found["results"].items() if not (s.startswith("image ") or s == "html table")}
+    assert not bad, bad
+
+
+@pytest.mark.slow
+def test_default_config_end_to_end_then_partial_rerun(quick_start: Path) -> None:
+    # every dataset, method, table and figure of the default config (the
+    # report's multi-seed cells: tests/test_report.py)
+    workdir, cfg = quick_start, default_config()
+    cf = ("--configfile", str(workdir / "test_config.yaml"))
     res = workdir / "results/synthetic"
     grid = yaml.safe_load((res / "grid.json").read_text())
     for table in grid["tables"]:
-        for ext in ("md", "tex", "csv"):
+        for ext in ("md", "tex", "html", "csv"):
             assert (res / "tables" / f"{table['name']}.{ext}").stat().st_size > 0
-    for dataset, extra in (("acdc", "semsim"), ("la", "simcvd"), ("pancreas", "simcvd"), ("isic", "semsim")):
+    for dataset, extra in (("acdc", ["semsim"]), ("la", ["simcvd"]), ("pancreas", []), ("isic", [])):
         comp = (res / f"tables/comparison_{dataset}.md").read_text()
-        for method in ("supervised", "crossmatch", extra, "fully_supervised"):
+        for method in ("supervised", "crossmatch", *extra, "fully_supervised"):
             assert method in comp, (dataset, method)
         assert "SYNTHETIC" in comp.upper()
     with open(res / "tables/ablation_tau.csv") as f:
@@ -153,19 +176,20 @@ def test_default_config_end_to_end_then_partial_rerun(workdir: Path) -> None:
     assert {r["row"] for r in rows} == {"0.80", "0.95"}
     for name in ("ablation_tau", "ablation_eta", "ablation_dropout_type", "ablation_strong_views",
                  "ablation_loss_streams", "training_curves_acdc", "training_curves_la",
+                 *(f"{kind}_{d}" for kind in ("training_curves", "qualitative") for d in ("pancreas", "isic")),
                  "qualitative_acdc", "qualitative_la"):
         for ext in ("png", "pdf"):
             assert (res / "figures" / f"{name}.{ext}").stat().st_size > 1000, name
-    # learnable phantoms: trained models score well above chance
+    # learnable phantoms: trained models score well above chance (all background
+    # or all foreground: Dice below 0.1 on every phantom) at the quick start's budget
     import json
-    for dataset, floor in (("acdc", 0.5), ("la", 0.5), ("isic", 0.5)):
-        exp = next(e for e, v in grid["experiments"].items()
-                   if v["dataset"] == dataset and v["method"] == "fully_supervised")
-        s = json.loads((res / "runs" / exp / "eval/best/summary.json").read_text())
-        assert s["mean"]["dice"]["mean"] > floor, (exp, s["mean"]["dice"])
+    for dataset, floor in (("acdc", 0.5), ("la", 0.5), ("pancreas", 0.3), ("isic", 0.5)):
+        for method in ("supervised", "fully_supervised"):
+            exp = next(e for e, v in grid["experiments"].items()
+                       if v["dataset"] == dataset and v["method"] == method)
+            s = json.loads((res / "runs" / exp / "eval/best/summary.json").read_text())
+            assert s["mean"]["dice"]["mean"] > floor, (exp, s["mean"]["dice"])
 
-    r = snakemake(workdir, "--report", "report.html", *cf)
-    assert r.returncode == 0, r.stderr[-2000:]
     html = (workdir / "report.html").read_text(errors="replace")
     assert "comparison_acdc" in html and "ablation_tau" in html
 
@@ -193,6 +217,12 @@ def test_default_config_end_to_end_then_partial_rerun(workdir: Path) -> None:
     n = job_counts(r.stdout)
     isic = sum(v["dataset"] == "isic" for v in grid["experiments"].values())
     assert n["experiment"] == n["train"] == n["evaluate"] == isic, n
+    # ... and they train afresh, the old runs kept under superseded/
+    r = snakemake(workdir, "--cores", "2", "all", "--configfile", str(changed), timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    for exp in (e for e, v in grid["experiments"].items() if v["dataset"] == "isic"):
+        assert len(list((res / "runs" / exp / "superseded").iterdir())) == 1, exp
+        assert yaml.safe_load((res / "runs" / exp / "config.yaml").read_text())["train"]["lr"] == 0.02
 
 
 def test_loading_the_workflow_does_not_import_torch(workdir: Path) -> None:
@@ -224,7 +254,8 @@ def test_schema_repeats_the_code_defaults_and_choices_it_must() -> None:
 def test_seeds_on_the_command_line_work_and_a_bad_value_names_its_key(workdir: Path) -> None:
     one = job_counts(snakemake(workdir, "-n", "all", "--config", "seeds=[0]").stdout)
     two = job_counts(snakemake(workdir, "-n", "all", "--config", "seeds=[0,1]").stdout)
-    assert 2 * one["train"] == two["train"] == len(default_config()["seeds"]) * one["train"] > 0
+    default = job_counts(snakemake(workdir, "-n", "all").stdout)
+    assert 2 * one["train"] == two["train"] and default["train"] == len(default_config()["seeds"]) * one["train"] > 0
     assert job_counts(snakemake(workdir, "-n", "all", "--config", "seeds=0").stdout)["train"] == one["train"]
     r = snakemake(workdir, "-n", "all", "--config", "seeds=[zero]")
     assert r.returncode != 0

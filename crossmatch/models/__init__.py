@@ -10,7 +10,7 @@ from .vnet3d import VNet3d
 __all__ = ["DROPOUT_TYPES", "FeatureDropout", "UPSAMPLE_MODES", "UNet2d", "VNet3d", "build_model"]
 
 
-def build_model(dim: int, in_channels: int, n_classes: int, dropout_type: str = "dropout",
+def build_model(dim: int, in_channels: int, n_classes: int, width: int = 16, dropout_type: str = "dropout",
                 fp_gap: float = 0.5, stack_streams: bool = True,
                 upsample: str = "bilinear", decoder_dropout: float = 0.0) -> nn.Module:
     """The network of a ``dim``-D dataset (2 -> UNet, 3 -> V-Net).
@@ -21,10 +21,13 @@ def build_model(dim: int, in_channels: int, n_classes: int, dropout_type: str = 
     key), which trained it. ``decoder_dropout`` (the V-Net's
     last-stage dropout) defaults to 0 for the same reason: configs without
     the key trained without it; new configs get the reference 0.5.
+    ``width`` is the first stage's channel count (16 in both reference
+    networks), doubled at each of the four downsamplings.
     """
     fp = dict(dropout_type=dropout_type, fp_gap=fp_gap, stack_streams=stack_streams)
     if dim == 2:
-        return UNet2d(in_channels, n_classes, upsample=upsample, **fp)
+        features = tuple(width * 2**i for i in range(5))
+        return UNet2d(in_channels, n_classes, features=features, upsample=upsample, **fp)
     if dim == 3:
-        return VNet3d(in_channels, n_classes, decoder_dropout=decoder_dropout, **fp)
+        return VNet3d(in_channels, n_classes, base_filters=width, decoder_dropout=decoder_dropout, **fp)
     raise ValueError(f"dim must be 2 or 3, got {dim}")

@@ -14,7 +14,7 @@ Command line (``main(argv)``, mounted as ``crossmatch report ...``)::
     report curves --grid G --dataset D --out PREFIX
     report qualitative --grid G --dataset D --out PREFIX [--cases 3] [--checkpoint best|final]
 
-Tables write ``PREFIX.md``, ``PREFIX.tex``, ``PREFIX.csv``; figures write
+Tables write ``PREFIX.md``, ``.tex``, ``.html``, ``.csv``; figures write
 ``PREFIX.png`` (150 dpi), ``PREFIX.pdf`` and a one-line caption ``PREFIX.txt``.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         s.add_argument("--checkpoint", default="best", choices=("best", "final"),
                        help="best: selected on the validation split (default); final: last iteration")
 
-    checkpoint(common("table", "write PREFIX.md/.tex/.csv of one grid table", "name"))
+    checkpoint(common("table", "write PREFIX.md/.tex/.html/.csv of one grid table", "name"))
     checkpoint(common("figure", "plot an ablation table: PREFIX.png/.pdf/.txt", "name"))
     common("curves", "training loss and validation Dice vs iteration: PREFIX.png/.pdf/.txt", "dataset")
     s = common("qualitative", "image, ground truth and predictions overlays: PREFIX.png/.pdf/.txt", "dataset")

@@ -1,4 +1,5 @@
-"""Result tables: one model (``build_table``) rendered as Markdown, LaTeX and tidy CSV.
+"""Result tables: one model (``build_table``) rendered as Markdown, LaTeX, HTML
+(the Snakemake report shows it) and tidy CSV.
 
 Layout (both table kinds): one row per method (comparison) or variant
 (ablation); one column group per labeled count (comparison tables add an
@@ -17,6 +18,7 @@ the reported units match the column's (otherwise the cell says so).
 from __future__ import annotations
 
 import csv
+import html
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,6 +280,37 @@ def to_latex(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+_HTML_STYLE = ("body{font-family:sans-serif;font-size:13px;margin:12px}table{border-collapse:collapse}"
+               "th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}"
+               "th:first-child,td:first-child{text-align:left}th[colspan]{text-align:center}"
+               "tr.reported td{color:#555;font-style:italic;white-space:normal}"
+               "caption{caption-side:top;text-align:left;max-width:70em;padding-bottom:8px}")
+
+
+def to_html(t: Table) -> str:
+    """A self-contained page (the report's table view): caption, a header row per
+    column group and metric, bold as in the other renderings, reported rows in italics."""
+    esc = html.escape
+    arrow = {True: "↑", False: "↓"}
+    k = len(t.metrics)
+    groups = "".join(f'<th colspan="{k}">{esc(_group_label(g))}</th>' for g in t.groups)
+    metrics = "".join(f"<th>{esc(m.label)} {arrow[m.higher_better]}</th>" for _ in t.groups for m in t.metrics)
+    rows = []
+    for i, r in enumerate(t.rows):
+        cells = "".join(f"<td>{_cell_text(t, i, c, ('<b>', '</b>'), ' ± ')}</td>" for c in t.columns)
+        rows.append(f"<tr><td>{esc(r.label)}</td>{cells}</tr>")
+        if r.reported:
+            cells = "".join(f"<td>{esc(_reported_text(r.reported.get(c), 'Δ'))}</td>" for c in t.columns)
+            rows.append(f'<tr class="reported"><td>{esc(_reported_label(t, r))}</td>{cells}</tr>')
+    notes = "".join(f"<li>[{j}] {esc(n)}</li>" for j, n in enumerate(t.notes, 1))
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{esc(t.name)}</title>'
+            f"<style>{_HTML_STYLE}</style></head><body>\n<table>\n"
+            f"<caption><b>Table {esc(t.name)}.</b> {esc(t.caption)}</caption>\n"
+            f"<thead><tr><th></th>{groups}</tr><tr><th>{esc(t.row_header)}</th>{metrics}</tr></thead>\n"
+            f"<tbody>\n" + "\n".join(rows) + "\n</tbody></table>\n"
+            + (f'<ul style="list-style:none;padding:0">{notes}</ul>\n' if notes else "") + "</body></html>\n")
+
+
 CSV_FIELDS = ("table", "dataset", "checkpoint", "row", "method", "labeled", "metric", "unit", "mean", "std",
               "n_seeds", "reported", "reported_units", "reported_source", "diff", "note")
 
@@ -304,9 +337,9 @@ def to_csv(t: Table) -> str:
 
 
 def write_table(grid: dict[str, Any], name: str, out_prefix: str | Path, checkpoint: str = "best") -> Table:
-    """Write ``<prefix>.md``, ``<prefix>.tex`` and ``<prefix>.csv`` (each atomically)."""
+    """Write ``<prefix>.md``, ``.tex``, ``.html`` and ``.csv`` (each atomically)."""
     t = build_table(grid, name, checkpoint)
     prefix = str(out_prefix)
-    for suffix, render in ((".md", to_markdown), (".tex", to_latex), (".csv", to_csv)):
+    for suffix, render in ((".md", to_markdown), (".tex", to_latex), (".html", to_html), (".csv", to_csv)):
         write_text(prefix + suffix, render(t))
     return t

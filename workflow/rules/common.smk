@@ -153,8 +153,14 @@ def job_threads(wildcards):
     return (dataset_cfg(EXPS[wildcards.exp]["dataset"]).get("resources") or {}).get("threads", 4)
 
 
+def report_category(wildcards):
+    """The report groups results by dataset (marked when synthetic), then by kind."""
+    dataset = TABLES[wildcards.table]["dataset"] if "table" in wildcards.keys() else wildcards.dataset
+    return f"{dataset} (synthetic)" if GRID["synthetic"].get(dataset) else dataset
+
+
 def output_prefix(wildcards, output):
-    """A report job's outputs share one prefix (`.md/.tex/.csv`, `.png/.pdf/.txt`)."""
+    """A report job's outputs share one prefix (`.md/.tex/.html/.csv`, `.png/.pdf/.txt`)."""
     return os.path.splitext(output[0])[0]
 
 

@@ -22,8 +22,12 @@ rule table:
         grid=f"{R}/grid.json",
         runs=table_runs,
     output:
-        md=report(f"{R}/tables/{{table}}.md", caption="../report/table.rst", category="Tables"),
+        md=f"{R}/tables/{{table}}.md",
         tex=f"{R}/tables/{{table}}.tex",
+        # the report shows HTML (Markdown would only be a download there)
+        html=report(
+            f"{R}/tables/{{table}}.html", caption="../report/table.rst", category=report_category, subcategory="Tables"
+        ),
         csv=f"{R}/tables/{{table}}.csv",
     log:
         f"{R}/logs/report/{{table}}.log",
@@ -41,7 +45,12 @@ rule ablation_figure:
         grid=f"{R}/grid.json",
         runs=table_runs,
     output:
-        png=report(f"{R}/figures/{{table}}.png", caption="../report/figure.rst", category="Ablations"),
+        png=report(
+            f"{R}/figures/{{table}}.png",
+            caption="../report/figure.rst",
+            category=report_category,
+            subcategory="Ablation figures",
+        ),
         pdf=f"{R}/figures/{{table}}.pdf",
         caption=f"{R}/figures/{{table}}.txt",
     log:
@@ -61,7 +70,10 @@ rule training_curves:
         runs=dataset_runs,
     output:
         png=report(
-            f"{R}/figures/training_curves_{{dataset}}.png", caption="../report/figure.rst", category="Training curves"
+            f"{R}/figures/training_curves_{{dataset}}.png",
+            caption="../report/figure.rst",
+            category=report_category,
+            subcategory="Training curves",
         ),
         pdf=f"{R}/figures/training_curves_{{dataset}}.pdf",
         caption=f"{R}/figures/training_curves_{{dataset}}.txt",
@@ -81,7 +93,12 @@ rule qualitative:
         grid=f"{R}/grid.json",
         runs=dataset_runs,
     output:
-        png=report(f"{R}/figures/qualitative_{{dataset}}.png", caption="../report/figure.rst", category="Qualitative"),
+        png=report(
+            f"{R}/figures/qualitative_{{dataset}}.png",
+            caption="../report/figure.rst",
+            category=report_category,
+            subcategory="Qualitative",
+        ),
         pdf=f"{R}/figures/qualitative_{{dataset}}.pdf",
         caption=f"{R}/figures/qualitative_{{dataset}}.txt",
     log:

@@ -44,4 +44,4 @@ rule train:
         out=lambda wc: run_dir(wc.exp),
     shell:
         "python -m crossmatch train --config {input.config} --set train.threads={threads} --out {params.out} "
-        ">> {log} 2>&1 || (tail -n 20 {log} >&2; exit 1)"
+        "--restart-if-changed >> {log} 2>&1 || (tail -n 20 {log} >&2; exit 1)"
