@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None and not (
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run the checkout's workflow with ``workdir`` as working directory."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow/Snakefile"),
            "--directory", str(workdir), *args]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -231,7 +231,7 @@ def test_loading_the_workflow_does_not_import_torch(workdir: Path) -> None:
     environment needs no torch, and every dry run is spared its import)."""
     probe = ("import atexit, sys; atexit.register(lambda: print('TORCH_IMPORTED', 'torch' in sys.modules)); "
              "from snakemake.cli import main; sys.argv[0] = 'snakemake'; main()")
-    cmd = [sys.executable, "-c", probe, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+    cmd = [sys.executable, "-c", probe, "--snakefile", str(REPO / "workflow/Snakefile"), "--directory", str(workdir),
            "-n", "all_tables", "--configfile", str(REPO / "config/paper.yaml")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert "Job stats:" in r.stdout, r.stderr[-3000:]
@@ -278,6 +278,6 @@ def test_workflow_files_are_snakefmt_clean() -> None:
     snakefmt = Path(sys.executable).parent / "snakefmt"
     if not snakefmt.exists():
         pytest.skip("snakefmt not installed (pip install -e '.[test]')")
-    r = subprocess.run([str(snakefmt), "--check", "Snakefile", "workflow/rules"], cwd=REPO,
+    r = subprocess.run([str(snakefmt), "--check", "workflow/Snakefile", "workflow/rules"], cwd=REPO,
                        capture_output=True, text=True)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:] + "\nrun: snakefmt Snakefile workflow/rules"
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:] + "\nrun: snakefmt workflow/Snakefile workflow/rules"

@@ -24,17 +24,8 @@ from tqdm import tqdm
 from ..errors import DataError
 from ..io import write_json
 from .preprocess import sha256
+from .specs import DATASETS
 
-# where each dataset's manifest files can be fetched from (base URLs) and its official source
-HINTS: dict[str, dict[str, str]] = {
-    "acdc": {"url": "https://github.com/AiEson/CrossMatch/raw/main/ACDC/dataset/datasets/ACDC/data",
-             "official": "the CREATIS ACDC challenge site "
-                         "(https://www.creatis.insa-lyon.fr/Challenge/acdc/, registration), "
-                         "preprocessed as in SSL4MIS"},
-    "la": {"url": "https://github.com/yulequan/UA-MT/raw/master/data/2018LA_Seg_Training%20Set",
-           "official": "the 2018 Atrial Segmentation Challenge (registration), "
-                       "preprocessed as in UA-MT"},
-}
 CHUNK = 1 << 20
 N_NAMES = 3  # file names quoted per problem kind in messages
 
@@ -237,10 +228,11 @@ def _message(name: str, key: str, root: Path, total: int, report: Report, missin
         what.append(f"download of {f.entry.path} failed: {f.reason}")
     if len(failures) > N_NAMES:
         what.append(f"{len(failures) - N_NAMES} more downloads failed")
-    hint = HINTS.get(key, {})
-    url = base_url or hint.get("url")
+    spec = DATASETS.get(key)
+    url = base_url or (spec and spec.download_url)
+    official = spec and spec.official_source
     where = (f"Get them from {url}/<file>" if url else "Get the complete dataset") + (
-        f" (official source: {hint['official']})" if "official" in hint else "")
+        f" (official source: {official})" if official else "")
     fix = ("replace the corrupt files; " if report.corrupt else "") + (
         "rerun with a working URL" if tried else
         f"or let the pipeline download them: set datasets.{key}.download: true and "

@@ -50,8 +50,6 @@ from . import isic, pancreas
 from .specs import DatasetSpec, get_spec
 from .splits import write_lists
 
-DEFAULT_CASES = {"acdc": 12, "la": 14, "pancreas": 10, "isic": 20}  # patients (acdc) / cases / images
-DEFAULT_SIZE = {"acdc": (6, 64, 64), "la": (48, 48, 40), "pancreas": (80, 72, 24), "isic": (80, 100)}
 PANCREAS_SPACING = (0.8, 0.8, 2.5)  # mm: thin in-plane pixels, thick slices, as in the real CTs
 GZIP = dict(compression="gzip", compression_opts=4)  # as the distributed files
 
@@ -137,7 +135,7 @@ def _acdc_anatomy(rng: np.random.Generator, size: tuple[int, int, int]) -> dict:
 
 def _write_acdc(spec: DatasetSpec, out: Path, n_cases: int, size: tuple[int, ...], seed: int) -> dict:
     if len(size) == 2:
-        size = (DEFAULT_SIZE["acdc"][0], *size)
+        size = (spec.phantom_size[0], *size)
     if len(size) != 3:
         raise ValueError(f"acdc phantom size is (slices, H, W) or (H, W), got {size}")
     if n_cases < 4:
@@ -375,8 +373,8 @@ def write_phantom(dataset: str, out: str | Path, n_cases: int | None = None,
     if dataset not in WRITERS:
         raise ValueError(f"no phantom for {dataset!r}; available: {sorted(WRITERS)}")
     out = Path(out)
-    size = tuple(int(s) for s in (size or DEFAULT_SIZE[dataset]))
-    summary = WRITERS[dataset](spec, out, int(n_cases or DEFAULT_CASES[dataset]), size, seed)
+    size = tuple(int(s) for s in (size or spec.phantom_size))
+    summary = WRITERS[dataset](spec, out, int(n_cases or spec.phantom_cases), size, seed)
     summary["n_cases"] = {r: len(v) for r, v in summary["cases"].items()}
     summary.update(raw=str(out / "raw"), split_dir=str(out / "splits"))
     write_json(out / "phantom.json", summary)

@@ -37,6 +37,14 @@ class DatasetSpec:
     # the dataset's experiment defaults over the generic ones (crossmatch.config.DEFAULTS),
     # by config section: the paper's schedule, the default labeled count
     presets: dict[str, dict] = field(default_factory=dict)
+    # where the raw files can be fetched from (a base URL the manifest paths are
+    # relative to; crossmatch.data.download) and the official source, for messages
+    download_url: str | None = None
+    official_source: str | None = None
+    # the synthetic stand-in (crossmatch.data.phantoms): cases (patients for acdc)
+    # and image size, (slices, H, W) / (X, Y, Z) voxels / (H, W)
+    phantom_cases: int = 10
+    phantom_size: tuple[int, ...] = ()
 
     @property
     def split_dir(self) -> Path:
@@ -57,6 +65,10 @@ DATASETS: dict[str, DatasetSpec] = {
         lists={"labeled": "{n}/labeled.txt", "unlabeled": "{n}/unlabeled.txt",
                "val": "val.txt", "test": "test.txt", "train": "train_slices.txt"},
         presets={"train": {"batch_size": 12, "optimizer": "sgd", "lr": 0.01, "iterations": 30000}},
+        download_url="https://github.com/AiEson/CrossMatch/raw/main/ACDC/dataset/datasets/ACDC/data",
+        official_source="the CREATIS ACDC challenge site (https://www.creatis.insa-lyon.fr/Challenge/acdc/, "
+                        "registration), preprocessed as in SSL4MIS",
+        phantom_cases=12, phantom_size=(6, 64, 64),
     ),
     "la": DatasetSpec(
         name="la", dim=3, n_classes=2, class_names=("LA",), in_channels=1,
@@ -67,6 +79,9 @@ DATASETS: dict[str, DatasetSpec] = {
         presets={"dataset": {"labeled": 8},
                  "train": {"batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "iterations": 14000,
                            "poly_iterations": 17000}},
+        download_url="https://github.com/yulequan/UA-MT/raw/master/data/2018LA_Seg_Training%20Set",
+        official_source="the 2018 Atrial Segmentation Challenge (registration), preprocessed as in UA-MT",
+        phantom_cases=14, phantom_size=(48, 48, 40),
     ),
     # NIfTI CT resampled to 1 mm and cropped around the pancreas (crossmatch.data.pancreas);
     # training and Dice settings as LA (V-Net, foreground-only Dice)
@@ -80,6 +95,7 @@ DATASETS: dict[str, DatasetSpec] = {
         presets={"dataset": {"labeled": 6},
                  "train": {"batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "iterations": 14000,
                            "poly_iterations": 17000}},
+        phantom_cases=10, phantom_size=(80, 72, 24),
     ),
     # RGB dermoscopy resized to 256x256 (crossmatch.data.isic), stored H x W x 3 (channel
     # last: the batches move it first); pixels have no physical spacing after the resize
@@ -92,6 +108,7 @@ DATASETS: dict[str, DatasetSpec] = {
         # no CrossMatch reference schedule: ACDC's 2D recipe
         presets={"dataset": {"labeled": 10},
                  "train": {"batch_size": 12, "optimizer": "sgd", "lr": 0.01, "iterations": 30000}},
+        phantom_cases=20, phantom_size=(80, 100),
     ),
 }
 

@@ -102,6 +102,32 @@ def mask_ratio(conf: torch.Tensor, tau: float) -> float:
     return (conf >= tau).float().mean().item()
 
 
+def source_predictions(model: nn.Module, u_mix: torch.Tensor, ctx: StepContext, streams: bool = False,
+                       mode: str = "eval", x: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """No-grad softmax predictions on the CutMix source batch, to fill the
+    mixed regions of the pseudo-labels: ``(clean,)``, or with ``streams``
+    ``(clean, weak dropout, strong dropout)``. ``mode`` ``eval``: one pass in
+    eval mode (running statistics, no encoder dropout; the feature dropout of
+    the streams stays on). ``train``: the CrossMatch reference's two train-mode
+    passes, ``model(u_mix)``, then the streams of ``model([x; u_mix])``."""
+    soft = lambda t: t.float().softmax(1)  # noqa: E731
+    with torch.no_grad(), ctx.autocast():
+        if mode == "train":
+            clean = soft(model(u_mix))
+            if not streams:
+                return (clean,)
+            _, _, dw, ds = model(torch.cat((x, u_mix)), need_fp=True, split=len(x))
+            return clean, soft(dw), soft(ds)
+        model.eval()
+        try:
+            if not streams:
+                return (soft(model(u_mix, drop=False)),)
+            _, clean, dw, ds = model(u_mix, need_fp=True, split=0)
+            return soft(clean), soft(dw), soft(ds)
+        finally:
+            model.train()
+
+
 class TwoPassBackward:
     """The backward of a step whose loss is a part that depends only on one
     forward pass plus a part that depends only on the next (every target

@@ -32,7 +32,7 @@ import torch
 
 from ..data.augment import strong_views
 from ..losses import masked_dice, mixed_pseudo_label, pseudo_label, supervised_loss
-from .base import Method, StepContext, TwoPassBackward, mask_ratio, register, term_logs
+from .base import Method, StepContext, TwoPassBackward, mask_ratio, register, source_predictions, term_logs
 
 def reference_ramp(tau: float, iteration: int, length: int) -> float:
     """The LA reference code's threshold (its ``train_cross_match.py``, with
@@ -83,19 +83,9 @@ class CrossMatch(Method):
         strong, boxes = strong_views(u, u_mix, ctx.gen, views, self.spec.intensity_range)
 
         # 1. pseudo-labels for the mixed regions (feature dropout stays on in eval mode)
-        with torch.no_grad(), ctx.autocast():
-            if hp["source_pass"] == "train":  # the reference's two train-mode passes
-                mix = model(u_mix).float().softmax(1)
-                if use_fp:
-                    _, _, mix_dw, mix_ds = (p.float().softmax(1) for p in
-                                            model(torch.cat((x, u_mix)), need_fp=True, split=len(x)))
-            else:
-                model.eval()
-                if use_fp:
-                    _, mix, mix_dw, mix_ds = (p.float().softmax(1) for p in model(u_mix, need_fp=True, split=0))
-                else:
-                    mix = model(u_mix, drop=False).float().softmax(1)
-                model.train()
+        mix, *mix_streams = source_predictions(model, u_mix, ctx, use_fp, hp["source_pass"], x)
+        if use_fp:
+            mix_dw, mix_ds = mix_streams
 
         # 2. labeled + weak view
         terms: dict[str, torch.Tensor] = {}

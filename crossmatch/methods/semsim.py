@@ -44,7 +44,7 @@ from torch import nn
 from ..data.augment import apply_cutmix, strong_views
 from ..losses import dice_loss, masked_dice, pseudo_label, supervised_loss
 from ..models import FeatureDropout
-from .base import Method, StepContext, TwoPassBackward, mask_ratio, register, term_logs
+from .base import Method, StepContext, TwoPassBackward, mask_ratio, register, source_predictions, term_logs
 
 ABSENT = -1e4  # query logit of a class no labeled pixel of the batch shows
 
@@ -222,10 +222,7 @@ class SemSim(Method):
         strong, boxes = strong_views(u, u_mix, ctx.gen, 2, self.spec.intensity_range)
 
         # 1. teacher on the CutMix source batch, for the mixed regions of the pseudo-labels
-        with torch.no_grad(), ctx.autocast():
-            model.eval()
-            mix = model(u_mix).float().softmax(1)
-            model.train()
+        (mix,) = source_predictions(model, u_mix, ctx)
 
         # 2. labeled + weak view + FP stream: one encoder pass, one stacked decoder pass
         terms: dict[str, torch.Tensor] = {}

@@ -199,7 +199,7 @@ smk() {  # smk WORKDIR TIMEOUT ARGS...: the checkout's workflow in WORKDIR
     mkdir -p "$w"
     ln -sfn "$REPO/config" "$w/config"
     (cd "$w" && PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" timeout -s INT -k 10 "$t" \
-        "$PYTHON" -m snakemake --snakefile "$REPO/Snakefile" --directory "$w" "$@")
+        "$PYTHON" -m snakemake --snakefile "$REPO/workflow/Snakefile" --directory "$w" "$@")
 }
 NTRAIN=$(smk "$T/dry" 300 -n all_tables --configfile "$T/seed0.yaml" --quiet rules \
     | awk '$1 == "train" {print $2; exit}' || true)

@@ -37,12 +37,13 @@ def _schema_errors(cfg, path):
 
 
 _seeds_from_command_line(config)
-_errors = _schema_errors(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+_errors = _schema_errors(config, Path(workflow.basedir) / "schemas/config.schema.yaml")
 if _errors:
     raise WorkflowError("invalid config (keys: config/README.md):\n  " + "\n  ".join(_errors))
 validate(config, schema="../schemas/config.schema.yaml")  # fills the schema's defaults
 
-sys.path.insert(0, str(Path(workflow.basedir)))  # a checkout without `pip install -e .`
+REPO = Path(workflow.basedir).parent  # workflow.basedir: the folder of workflow/Snakefile
+sys.path.insert(0, str(REPO))  # a checkout without `pip install -e .`
 from crossmatch.errors import ConfigError  # noqa: E402
 from crossmatch import grid as xgrid  # noqa: E402
 from crossmatch import config as xconfig  # noqa: E402
@@ -60,7 +61,7 @@ R = config["results"]
 # whatever PATH says.
 _CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 # (shell.prefix is formatted like a shell command: literal braces are doubled)
-_ENV = f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+_ENV = f"export PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 if not _CONDA:
     _ENV += f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; "
 shell.prefix(f"set -euo pipefail; {_ENV}")
