@@ -5,3 +5,4 @@ modules that implement them import them from here."""
 INTERPOLATIONS = {"linear": 1, "nearest": 0}  # image interpolation name -> scipy spline order
 DROPOUT_TYPES = ("dropout", "alpha", "feature_alpha")  # feature perturbation (models/perturb.py)
 UPSAMPLE_MODES = ("bilinear", "transpose")  # 2D UNet decoder upsampling (models/unet2d.py)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # train.precision (crossmatch/precision.py)

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .choices import DROPOUT_TYPES, INTERPOLATIONS, UPSAMPLE_MODES
+from .choices import DROPOUT_TYPES, INTERPOLATIONS, PRECISIONS, UPSAMPLE_MODES
 from .data.specs import get_spec
 from .data.splits import MISSING_POLICIES, SPLIT_ROLES
 from .errors import ConfigError
@@ -65,7 +65,9 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "log_every": (10, "flush the CSV log every N iterations"),
         "num_workers": (1, "data loader worker processes (0: main process)"),
         "device": ("auto", "auto (cuda if available) | cpu | cuda | cuda:N"),
-        "amp": (True, "mixed precision on CUDA (ignored on CPU)"),
+        "precision": ("auto", "autocast precision: auto (CUDA: bf16 where the GPU supports it, else fp16 with "
+                              "the gradient scaler; CPU: fp32) | fp32 | bf16 (CPU or CUDA) | fp16 (CUDA); "
+                              "the run's config.yaml records what ran (train_precision)"),
         "threads": (0, "torch CPU threads (0: torch's default)"),
         "tune_allocator": (True, "on CPU, keep freed memory in glibc's heap (no mmap, no trim): "
                                  "~1.7x faster steps, see crossmatch/runtime.py"),
@@ -103,6 +105,16 @@ def default(section: str, key: str) -> Any:
     return copy.deepcopy(DEFAULTS[section][key][0])
 
 
+def migrate(raw: dict[str, Any]) -> None:
+    """Configs written before ``train.precision`` said ``train.amp``: true was
+    fp16 autocast on CUDA and fp32 on CPU (now ``auto``, with fp16 on CUDA
+    kept as it trained), false fp32."""
+    t = raw.get("train")
+    if isinstance(t, dict) and "amp" in t:
+        amp = t.pop("amp")
+        t.setdefault("precision", "fp16_cuda" if amp else "fp32")
+
+
 def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     """Fill defaults, check every key and value, return the full config.
 
@@ -110,6 +122,7 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     valid choices.
     """
     raw = copy.deepcopy(raw or {})
+    migrate(raw)
     unknown = set(raw) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"unknown config section(s) {sorted(unknown)}; valid: {list(SECTIONS)}")
@@ -154,6 +167,8 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     if len(t["crop"]) != spec.dim or any(int(c) % 16 for c in t["crop"]):
         raise ConfigError(f"train.crop: need {spec.dim} sizes divisible by 16, got {t['crop']}")
     t["poly_iterations"] = t["poly_iterations"] or t["iterations"]
+    if t["precision"] not in PRECISIONS + ("fp16_cuda",):  # fp16_cuda: a migrated amp: true
+        raise ConfigError(f"train.precision must be one of {list(PRECISIONS)}, got {t['precision']!r}")
     if t["optimizer"] not in ("sgd", "adamw"):
         raise ConfigError(f"train.optimizer must be sgd or adamw, got {t['optimizer']!r}")
     for key in ("iterations", "batch_size", "ckpt_every", "log_every"):

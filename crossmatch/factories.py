@@ -3,7 +3,9 @@ benchmarks: the device, the seeds, the network, the optimiser and its
 schedule, the splits."""
 from __future__ import annotations
 
+import contextlib
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,40 @@ def pick_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name} requested but CUDA is not available; use auto or cpu")
     return dev
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a run computes in: ``name`` fp32 | bf16 | fp16 on ``device_type``."""
+    name: str
+    device_type: str
+
+    @property
+    def scaler(self) -> bool:
+        """fp16 needs the gradient scaler (its range underflows small gradients)."""
+        return self.name == "fp16"
+
+    def autocast(self):
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.name == "bf16" else torch.float16
+        return torch.autocast(self.device_type, dtype=dtype)
+
+
+def pick_precision(name: str, device: torch.device) -> Precision:
+    """``train.precision`` on ``device``. ``auto``: on CUDA bf16 where the GPU
+    has it, else fp16; on CPU fp32 (bf16 only when asked, until its accuracy
+    parity with fp32 is measured). ``fp16_cuda``: a migrated ``amp: true``."""
+    cuda = device.type == "cuda"
+    if name == "auto":
+        name = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    elif name == "fp16_cuda":
+        name = "fp16" if cuda else "fp32"
+    if name == "fp16" and not cuda:
+        raise ConfigError("train.precision: fp16 needs CUDA (with its gradient scaler); on CPU use bf16 or fp32")
+    if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision: this GPU has no bf16; use fp16 or auto")
+    return Precision(name, device.type)
 
 
 def seed_everything(seed: int) -> None:

@@ -19,7 +19,7 @@ completes (tests/test_faults.py checks Snakemake's ``retries`` with it).
 """
 from __future__ import annotations
 
-import contextlib
+import copy
 import csv
 import math
 import os
@@ -32,12 +32,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import config
 from .config import experiment_id
 from .data.batches import IterationBatches, iteration_loader
 from .data.specs import DatasetSpec, get_spec
 from .errors import ConfigError, TrainingDiverged
 from .evaluate import mean_dice
-from .factories import make_model, make_optimizer, pick_device, poly_lr, seed_everything, splits_for
+from .factories import (make_model, make_optimizer, pick_device, pick_precision, poly_lr, seed_everything,
+                        splits_for)
 from .io import atomic_path, write_yaml
 from .layout import Run
 from .methods import get_method
@@ -108,12 +110,18 @@ RESUME_FREE_KEYS = {"num_workers", "device", "threads", "log_every", "tune_alloc
 
 
 def _resume_conflict(old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    """The first setting that differs between a checkpoint's config and ``new``."""
+    """The first setting that differs between a checkpoint's config and ``new``
+    (precisions compare by what they run on ``new``'s device)."""
+    old = copy.deepcopy(old)
+    config.migrate(old)
     for section in ("dataset", "model", "method", "train", "eval"):
         for key in sorted(set(old.get(section, {})) | set(new.get(section, {}))):
             if section == "train" and key in RESUME_FREE_KEYS:
                 continue
             a, b = old.get(section, {}).get(key), new.get(section, {}).get(key)
+            if section == "train" and key == "precision" and a is not None and b is not None:
+                device = pick_device(new["train"]["device"])
+                a, b = pick_precision(a, device).name, pick_precision(b, device).name
             if a != b:
                 return f"{section}.{key}: {a!r} in the checkpoint, {b!r} now"
     return None
@@ -172,8 +180,8 @@ class Trainer:
         self.method = self.method_cls(self.model, self.spec, hp)
         self.method.extra.to(self.device)
         self.optimizer = make_optimizer(self.cfg, self.method.parameters())
-        self.use_amp = bool(t["amp"]) and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.precision = pick_precision(t["precision"], self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.scaler)
         self.gen = torch.Generator()
 
     def read_checkpoint(self) -> dict[str, Any] | None:
@@ -229,7 +237,7 @@ class Trainer:
     # ---------------------------------------------------------------- one iteration
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else contextlib.nullcontext()
+        return self.precision.autocast()
 
     def backward(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
@@ -268,8 +276,9 @@ class Trainer:
         returning ``latest.pt``, without writing ``final.pt``."""
         t, run, exp = self.t, self.run, self.exp
         state = self.read_checkpoint()
-        write_yaml(run.config, {"experiment": exp, **self.cfg, "notes": self.splits.notes})
         self.build()
+        write_yaml(run.config, {"experiment": exp, **self.cfg, "notes": self.splits.notes,
+                                "train_precision": f"{self.precision.name} on {self.device.type}"})
         if state is not None:
             self.load_checkpoint(state)
             if self.start < t["iterations"]:

@@ -1,5 +1,6 @@
 """Trainer behaviour: resume equality, divergence, run layout, evaluation."""
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -237,3 +238,26 @@ def test_changed_settings_restart_afresh_when_asked(acdc_root, tmp_path, capsys)
 def test_stride_larger_than_crop_is_rejected():
     with pytest.raises(ConfigError, match=r"eval.stride: need 3 strides in \[1, train.crop"):
         config.load(None, ["dataset.name=la", "train.crop=[32,32,32]", "eval.stride=[48,8,8]"])
+
+
+def test_precision_is_picked_per_device_and_recorded(acdc_root, tmp_path):
+    """train.precision: auto is fp32 on CPU, bf16 runs on CPU when asked (and the
+    run's config.yaml says what ran), fp16 needs CUDA; a run config written with
+    the former train.amp resolves to what it trained with."""
+    from crossmatch.factories import pick_precision
+    cpu = torch.device("cpu")
+    assert pick_precision("auto", cpu).name == "fp32" and not pick_precision("auto", cpu).scaler
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        pick_precision("fp16", cpu)
+    with pytest.raises(ConfigError, match=r"train.precision must be one of \['auto', 'fp32', 'bf16', 'fp16'\]"):
+        config.resolve({"train": {"precision": "fp8"}})
+    assert config.resolve({"train": {"amp": True}})["train"]["precision"] == "fp16_cuda"
+    assert config.resolve({"train": {"amp": False}})["train"]["precision"] == "fp32"
+    assert pick_precision("fp16_cuda", cpu).name == "fp32"
+    with pick_precision("bf16", cpu).autocast():
+        assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.bfloat16
+    cfg = config.resolve(tiny_overrides(acdc_root, iterations=2, precision="bf16"))
+    train(cfg, tmp_path / "run")
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert written["train_precision"] == "bf16 on cpu"
+    assert all(math.isfinite(v) for v in pd.read_csv(tmp_path / "run" / "log.csv")["loss"])
