@@ -5,4 +5,5 @@ modules that implement them import them from here."""
 INTERPOLATIONS = {"linear": 1, "nearest": 0}  # image interpolation name -> scipy spline order
 DROPOUT_TYPES = ("dropout", "alpha", "feature_alpha")  # feature perturbation (models/perturb.py)
 UPSAMPLE_MODES = ("bilinear", "transpose")  # 2D UNet decoder upsampling (models/unet2d.py)
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # train.precision (crossmatch/precision.py)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # train.precision (factories.pick_precision)
+LEGACY_AMP = "fp16_cuda"  # what a former train.amp: true resolves to: fp16 on CUDA, fp32 on CPU

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .choices import DROPOUT_TYPES, INTERPOLATIONS, PRECISIONS, UPSAMPLE_MODES
+from .choices import DROPOUT_TYPES, INTERPOLATIONS, LEGACY_AMP, PRECISIONS, UPSAMPLE_MODES
 from .data.specs import get_spec
 from .data.splits import MISSING_POLICIES, SPLIT_ROLES
 from .errors import ConfigError
@@ -112,7 +112,7 @@ def migrate(raw: dict[str, Any]) -> None:
     t = raw.get("train")
     if isinstance(t, dict) and "amp" in t:
         amp = t.pop("amp")
-        t.setdefault("precision", "fp16_cuda" if amp else "fp32")
+        t.setdefault("precision", LEGACY_AMP if amp else "fp32")
 
 
 def resolve(raw: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +167,7 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     if len(t["crop"]) != spec.dim or any(int(c) % 16 for c in t["crop"]):
         raise ConfigError(f"train.crop: need {spec.dim} sizes divisible by 16, got {t['crop']}")
     t["poly_iterations"] = t["poly_iterations"] or t["iterations"]
-    if t["precision"] not in PRECISIONS + ("fp16_cuda",):  # fp16_cuda: a migrated amp: true
+    if t["precision"] not in PRECISIONS + (LEGACY_AMP,):
         raise ConfigError(f"train.precision must be one of {list(PRECISIONS)}, got {t['precision']!r}")
     if t["optimizer"] not in ("sgd", "adamw"):
         raise ConfigError(f"train.optimizer must be sgd or adamw, got {t['optimizer']!r}")

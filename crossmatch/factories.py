@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .choices import LEGACY_AMP
 from .data.specs import DatasetSpec, get_spec
 from .data.splits import Splits, resolve_splits
 from .errors import ConfigError
@@ -47,11 +48,11 @@ class Precision:
 def pick_precision(name: str, device: torch.device) -> Precision:
     """``train.precision`` on ``device``. ``auto``: on CUDA bf16 where the GPU
     has it, else fp16; on CPU fp32 (bf16 only when asked, until its accuracy
-    parity with fp32 is measured). ``fp16_cuda``: a migrated ``amp: true``."""
+    parity with fp32 is measured). ``LEGACY_AMP``: a migrated ``amp: true``."""
     cuda = device.type == "cuda"
     if name == "auto":
         name = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    elif name == "fp16_cuda":
+    elif name == LEGACY_AMP:
         name = "fp16" if cuda else "fp32"
     if name == "fp16" and not cuda:
         raise ConfigError("train.precision: fp16 needs CUDA (with its gradient scaler); on CPU use bf16 or fp32")

@@ -14,6 +14,7 @@ A run folder (``<results>/runs/<experiment id>/``)::
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,6 @@ class Run:
     def supersede(self) -> Path:
         """Move the trained state (checkpoints, log, evaluations) to
         ``superseded/<UTC time>/``, leaving the folder empty for a fresh run."""
-        import time
         dest = self.root / "superseded" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         dest.mkdir(parents=True, exist_ok=True)
         for path in (self.checkpoints, self.log, self.config, self.root / "eval"):

@@ -16,6 +16,7 @@ Needs Chromium (Debian: `apt-get install chromium`); tests skip without it.
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import shutil
 import subprocess
@@ -98,7 +99,6 @@ def probe(report: Path, timeout: int = 180) -> dict:
     end = r.stdout.find("</pre>", start)
     if start < 0:
         raise RuntimeError(f"the report did not finish rendering in Chromium:\n{r.stderr[-2000:]}")
-    import html
     return json.loads(html.unescape(r.stdout[start + len('<pre id="probe">'):end]))
 
 
