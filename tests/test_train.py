@@ -143,6 +143,8 @@ def test_evaluate_writes_per_case_metrics_and_summary(acdc_root, tmp_path):
     (["method.source_pass=test"], "method.source_pass must be one of"),
     (["train.interpolation=cubic"], "train.interpolation must be one of"),
     (["eval.interpolation=cubic"], "eval.interpolation must be one of"),
+    (["model.width=0"], "model.width must be >= 1, got 0"),
+    (["train.precision=fp8"], "train.precision must be one of ['auto', 'fp32', 'bf16', 'fp16']"),
 ])
 def test_bad_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
