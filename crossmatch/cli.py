@@ -1,4 +1,4 @@
-"""Command line: ``crossmatch check-data | preprocess | splits | phantom | train | evaluate | report | config``.
+"""Command line: ``crossmatch check-data | preprocess | splits | phantom | train | evaluate | protocols | report | config``.
 
 Each sub-command is one call into the package; Snakemake rules call these
 and nothing else. Errors meant for the user (bad data, bad config, a
@@ -70,6 +70,17 @@ def _evaluate(a: argparse.Namespace) -> None:
                   if "train_seconds" in s else "")
         print(f"{ckpt} (iteration {s['iteration']}): mean Dice {100 * s['mean']['dice']['mean']:.2f} "
               f"[{per}] on {s['n_test_cases']} test cases{timing} -> {a.run}/eval/{ckpt}/")
+
+
+def _protocols(a: argparse.Namespace) -> None:
+    from .protocols import score_run
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
+    s = score_run(a.run, a.device)
+    parts = ", ".join(f"{name} {100 * p['test_dice']:.2f} (it {p['iteration']})" for name, p in s["protocols"].items())
+    print(f"test mean Dice by protocol: {parts}; best_test - best_val "
+          f"{100 * s['gap_best_test_minus_best_val']:+.2f} -> {a.run}/eval/protocols/")
 
 
 def _splits(a: argparse.Namespace) -> None:
@@ -187,6 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=0, help="evaluate the first N test cases only (0: all)")
     s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("protocols", help="score every snapshot of a run under the papers' protocols",
+                       description="After training: score every validation-point snapshot of a run on its "
+                                   "validation and test cases and pick each protocol's checkpoint (final, "
+                                   "best_val, valtest, best_test); writes eval/protocols/curve.csv and "
+                                   "summary.json, read by the report only (selection never reads them).")
+    s.add_argument("--run", required=True, help="run directory written by `crossmatch train`")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    s.set_defaults(func=_protocols)
 
     s = sub.add_parser("report", help="paper tables and figures from evaluated runs (grid.json)",
                        description="Tables (Markdown, LaTeX, CSV) and figures (PNG, PDF, caption "

@@ -62,6 +62,8 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "seed": (0, "seed of weights, sampling, augmentation and dropout"),
         "val_every": (200, "validate every N iterations (0: never; best = final)"),
         "ckpt_every": (500, "write the resumable checkpoint every N iterations"),
+        "snapshots": (True, "keep the weights of every validation point (checkpoints/snapshots/) for the "
+                            "protocol analysis (`crossmatch protocols`); false saves disk"),
         "log_every": (10, "flush the CSV log every N iterations"),
         "num_workers": (1, "data loader worker processes (0: main process)"),
         "device": ("auto", "auto (cuda if available) | cpu | cuda | cuda:N"),

@@ -134,7 +134,9 @@ def expand(wf: dict[str, Any]) -> dict[str, Any]:
                        "plot": ab.get("plot", "bars"), "xlabel": ab.get("xlabel", name), "rows": rows})
     synthetic = {n: d["source"] == "phantom" for n, d in wf["datasets"].items()}
     return {"results": wf["results"], "seeds": seeds, "synthetic": synthetic,
-            "reported": wf.get("reported", ""), "experiments": experiments, "tables": tables}
+            "reported": wf.get("reported", ""), "paper_schedule": bool(wf.get("paper_schedule", False)),
+            "reproduction_tolerance": float(wf.get("reproduction_tolerance", 1.0)),
+            "experiments": experiments, "tables": tables}
 
 
 def _labels_all(method: str) -> bool:

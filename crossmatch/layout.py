@@ -54,6 +54,21 @@ class Run:
         """``latest``, ``best`` or ``final``."""
         return self.checkpoints / f"{name}.pt"
 
+    @property
+    def snapshots(self) -> Path:
+        return self.checkpoints / "snapshots"
+
+    def snapshot(self, iteration: int) -> Path:
+        return self.snapshots / f"iter_{iteration:06d}.pt"
+
+    def snapshot_iterations(self) -> list[int]:
+        """The iterations that have a snapshot, ascending."""
+        return sorted(int(p.stem[5:]) for p in self.snapshots.glob("iter_*.pt")) if self.snapshots.is_dir() else []
+
+    @property
+    def protocols(self) -> Path:
+        return self.root / "eval" / "protocols"
+
     def supersede(self) -> Path:
         """Move the trained state (checkpoints, log, evaluations) to
         ``superseded/<UTC time>/``, leaving the folder empty for a fresh run."""
@@ -80,9 +95,11 @@ class Run:
 
     @classmethod
     def of_summary(cls, path: str | Path) -> tuple["Run", str]:
-        """The run and checkpoint a ``summary.json`` path belongs to."""
+        """The run and checkpoint (or ``protocols``) a ``summary.json`` path belongs to."""
         path = Path(path)
         run, checkpoint = cls(path.parents[2]), path.parent.name
-        if run.summary(checkpoint) != path:
+        if checkpoint == "protocols" and run.protocols / "summary.json" == path:
+            return run, checkpoint
+        if checkpoint not in EVAL_CHECKPOINTS or run.summary(checkpoint) != path:
             raise ValueError(f"{path} is not a run's eval/<checkpoint>/summary.json")
         return run, checkpoint

@@ -3,7 +3,9 @@
 It owns the optimiser and poly schedule, AMP, deterministic seeding, the
 progress bar, the CSV log, validation with best-on-validation selection,
 checkpoints and resume. It writes ``config.yaml``, ``log.csv`` and
-``checkpoints/{latest,best,final}.pt`` of the run folder (``crossmatch.layout``).
+``checkpoints/{latest,best,final}.pt`` of the run folder (``crossmatch.layout``),
+and with ``train.snapshots`` the weights of every validation point
+(``checkpoints/snapshots/``, for ``crossmatch.protocols``).
 
 A re-run of the same command resumes from ``latest.pt``; batch ``t`` and its
 augmentations are a function of (seed, t), and the RNG states are restored,
@@ -106,7 +108,7 @@ class CsvLog:
 
 # keys that may change between an interrupted run and its resumption
 RESUME_FREE_KEYS = {"num_workers", "device", "threads", "log_every", "tune_allocator", "val_every",
-                    "ckpt_every"}
+                    "ckpt_every", "snapshots"}
 
 
 def _resume_conflict(old: dict[str, Any], new: dict[str, Any]) -> str | None:
@@ -303,6 +305,9 @@ class Trainer:
                 row = {"iteration": done, **values, "seconds": self.seconds()}
                 if t["val_every"] and (done % t["val_every"] == 0 or done == t["iterations"]):
                     row["val_dice"] = score = self.validate()
+                    if t.get("snapshots"):  # for the protocol analysis, which selection never reads
+                        save_checkpoint(run.snapshot(done), model=self.model.state_dict(), iteration=done,
+                                        experiment=exp, val_dice=score)
                     if score > self.best[0]:
                         self.best = (score, done)
                         self.save_checkpoint("best", done, val_dice=score)

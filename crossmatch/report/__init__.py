@@ -13,7 +13,10 @@ Command line (``main(argv)``, mounted as ``crossmatch report ...``)::
     report figure --grid G --name N --out PREFIX [--checkpoint best|final]
     report curves --grid G --dataset D --out PREFIX
     report qualitative --grid G --dataset D --out PREFIX [--cases 3] [--checkpoint best|final]
+    report evidence --grid G --dataset D --out RESULTS [--runs PROTOCOL_SUMMARY ...]
 
+``evidence`` writes ``RESULTS/tables/{protocols,paired,reproduction}_D.{md,html,csv}``
+and ``RESULTS/figures/protocol_curves_D.{png,pdf,txt}`` (``crossmatch.report.evidence``).
 Tables write ``PREFIX.md``, ``.tex``, ``.html``, ``.csv``; figures write
 ``PREFIX.png`` (150 dpi), ``PREFIX.pdf`` and a one-line caption ``PREFIX.txt``.
 """
@@ -46,7 +49,7 @@ def qualitative(*args: Any, **kwargs: Any) -> list[str]:
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the report sub-commands to ``parser`` (e.g. the ``crossmatch report`` sub-parser)."""
-    sub = parser.add_subparsers(dest="report_command", required=True, metavar="{table,figure,curves,qualitative}")
+    sub = parser.add_subparsers(dest="report_command", required=True, metavar="{table,figure,curves,qualitative,evidence}")
 
     def common(name: str, help_: str, key: str) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_, description=help_)
@@ -71,6 +74,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     s = common("qualitative", "image, ground truth and predictions overlays: PREFIX.png/.pdf/.txt", "dataset")
     s.add_argument("--cases", type=int, default=3, help="number of test cases (rows)")
     checkpoint(s)
+    s = common("evidence", "protocol-gap, paired-statistics and reproduction tables and the protocol-curve "
+                           "figure of a dataset, from its runs' eval/protocols/summary.json", "dataset")
+    s.add_argument("--bootstrap", type=int, default=10000, help="bootstrap draws of the paired CIs")
     return parser
 
 
@@ -86,6 +92,9 @@ def run(args: argparse.Namespace) -> None:
         write_table(grid, args.name, args.out, checkpoint=args.checkpoint)
     elif cmd == "figure":
         ablation_figure(grid, args.name, args.out, checkpoint=args.checkpoint)
+    elif cmd == "evidence":
+        from .evidence import write_evidence
+        write_evidence(grid, args.dataset, args.out, n_boot=args.bootstrap)
     elif cmd == "curves":
         training_curves(grid, args.dataset, args.out)
     else:

@@ -217,3 +217,41 @@ def qualitative(grid: dict[str, Any], dataset: str, out_prefix: str | Path, n_ca
                f"first seed, first labeled count, {_checkpoint_text(checkpoint)}.")
     _save(fig, out_prefix, caption, grid, dataset)
     return cases
+
+
+PROTOCOL_MARKERS = {"final": "s", "best_val": "o", "valtest": "^", "best_test": "*"}
+
+
+def protocol_curves(grid: dict[str, Any], dataset: str, out_prefix: str | Path) -> None:
+    """Validation and test mean Dice (%) of every snapshot vs iteration, one
+    panel per method of the comparison table (its first labeled count), one
+    line pair per seed; each protocol's checkpoint marked on the test curve."""
+    from .evidence import cells
+    shown: dict[str, Any] = {}
+    for c in cells(grid, dataset):
+        shown.setdefault(c.label, c)  # the first labeled count of each row
+    n = len(shown)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False, sharey=True)
+    for ax, c in zip(axes[0], shown.values()):
+        for k, (seed, s) in enumerate(sorted(c.by_seed.items())):
+            its, val, test = (np.asarray(s["curve"][key], dtype=float)
+                              for key in ("iteration", "val_dice", "test_dice"))
+            colour = f"C{k % 10}"
+            ax.plot(its, 100 * val, ls="--", lw=1, color=colour, label=f"seed {seed} validation")
+            ax.plot(its, 100 * test, ls="-", lw=1.2, color=colour, label=f"seed {seed} test")
+            for name, marker in PROTOCOL_MARKERS.items():
+                p = s["protocols"][name]
+                ax.plot(p["iteration"], 100 * p["test_dice"], marker=marker, ms=8 if marker == "*" else 6,
+                        mfc="none" if name != "best_test" else colour, mec=colour, ls="none",
+                        label=name if k == 0 else None)
+        ax.set(title=f"{c.label} ({c.labeled} labeled)", xlabel="iteration")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mean Dice (%)")
+    axes[0][-1].legend(fontsize=6, loc="lower right")
+    fig.suptitle(_title(grid, dataset, f"Validation and test Dice over training — {dataset.upper()}"), fontsize=10)
+    caption = (f"Validation (dashed) and test (solid) mean Dice (%) of every snapshot on {dataset.upper()}, per "
+               "method and seed; markers: the checkpoint each protocol selects (square final, circle best_val "
+               "= ours, triangle valtest = best on validation + test, star best_test = best on the test set), "
+               "placed at its test Dice. Scored after training by `crossmatch protocols`; selection never "
+               "reads the test curve.")
+    _save(fig, out_prefix, caption, grid, dataset)

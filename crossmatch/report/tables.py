@@ -81,14 +81,18 @@ def _group_label(labeled: str) -> str:
 
 
 def _reported_for(reported: list[dict[str, Any]], method: str, dataset: str, groups: list[str],
-                  metrics: tuple[Metric, ...], stats: dict[Cell, Stat]) -> tuple[dict[Cell, Reported], list[str]]:
-    """The reported values of (method, dataset, labeled), placed in the column of matching units."""
+                  metrics: tuple[Metric, ...], stats: dict[Cell, Stat],
+                  not_comparable: str = "") -> tuple[dict[Cell, Reported], list[str]]:
+    """The reported values of (method, dataset, labeled), placed in the column of
+    matching units; no difference where ``not_comparable`` says why."""
     out: dict[Cell, Reported] = {}
     sources: list[str] = []
     for r in reported:
         if r["method"] != method or r["dataset"] != dataset or r["labeled"] not in groups:
             continue
-        note = f"{r['source']}" + (f" ({r['protocol_note']})" if r.get("protocol_note") else "")
+        proto = f"protocol: {r['protocol']}" if r.get("protocol") else ""
+        extra = "; ".join(x for x in (proto, r.get("protocol_note", "")) if x)
+        note = f"{r['source']}" + (f" ({extra})" if extra else "")
         if note not in sources:
             sources.append(note)
         units = r.get("units", "") or "voxel"
@@ -103,9 +107,10 @@ def _reported_for(reported: list[dict[str, Any]], method: str, dataset: str, gro
                     value, units, r["source"], None, f"units differ: {units} vs {cands[0].unit}, not compared")
                 continue
             ours = stats.get((r["labeled"], match.key), Stat(None, None, 0)).mean
+            why = ("not comparable" if not_comparable else "") if ours is not None else "no value of ours"
             out[(r["labeled"], match.key)] = Reported(
                 value, units if match.unit != "%" else "%", r["source"],
-                None if ours is None else ours - value, "" if ours is not None else "no value of ours")
+                None if ours is None or not_comparable else ours - value, why)
     return out, sources
 
 
@@ -134,6 +139,8 @@ def build_table(grid: dict[str, Any], name: str, checkpoint: str = "best") -> Ta
     has_mm = all(collect.summary_mean(s, "hd95_mm") is not None for s in summaries.values())
     metrics = METRICS_VOX + (METRICS_MM if has_mm else ())
     reported = collect.load_reported(grid) if kind == "comparison" else []
+    from .evidence import not_comparable
+    reason = not_comparable(grid, dataset) if reported else ""
 
     rows: list[Row] = []
     for row in spec["rows"]:
@@ -141,13 +148,14 @@ def build_table(grid: dict[str, Any], name: str, checkpoint: str = "best") -> Ta
                                                m.scale)
                  for g, ids in row["cells"].items() for m in metrics}
         method = row.get("method", "")
-        rep, sources = _reported_for(reported, method, dataset, groups, metrics, stats) if method else ({}, [])
+        rep, sources = (_reported_for(reported, method, dataset, groups, metrics, stats, reason)
+                        if method else ({}, []))
         rows.append(Row(str(row["label"]), method, collect.is_upper_bound(row), stats, rep, sources))
 
     columns = [(g, m.key) for g in groups for m in metrics]
     title = (f"Comparison on {dataset.upper()}" if kind == "comparison"
              else f"Ablation: {spec.get('title', name)} ({dataset.upper()})")
-    caption = _caption(grid, spec, title, checkpoint, summaries, has_mm, any(r.reported for r in rows))
+    caption = _caption(grid, spec, title, checkpoint, summaries, has_mm, any(r.reported for r in rows), reason)
     notes = list(dict.fromkeys(s for r in rows for s in r.reported_sources))
     return Table(name, kind, dataset, checkpoint, title,
                  "Method" if kind == "comparison" else str(spec.get("xlabel") or "Variant"),
@@ -155,7 +163,7 @@ def build_table(grid: dict[str, Any], name: str, checkpoint: str = "best") -> Ta
 
 
 def _caption(grid: dict[str, Any], spec: dict[str, Any], title: str, checkpoint: str,
-             summaries: dict[str, dict[str, Any]], has_mm: bool, any_reported: bool) -> str:
+             summaries: dict[str, dict[str, Any]], has_mm: bool, any_reported: bool, not_comparable: str = "") -> str:
     seeds = sorted({len(ids) for row in spec["rows"] for ids in row["cells"].values()})
     n_seeds = f"n = {seeds[0]}" if len(seeds) == 1 else f"n = {seeds[0]}–{seeds[-1]}"
     n_test = sorted({int(s.get("n_test_cases") or s.get("n_cases") or 0) for s in summaries.values()})
@@ -178,9 +186,13 @@ def _caption(grid: dict[str, Any], spec: dict[str, Any], title: str, checkpoint:
         "Bold: best per column" + (", excluding the fully supervised upper bound."
                                    if any(collect.is_upper_bound(r) for r in spec["rows"]) else "."),
     ]
-    if any_reported:
-        parts.append("Rows 'reported' give published values (sources below the table) with "
-                     "Δ = ours − reported; distances are compared only where the units match.")
+    if any_reported and not_comparable:
+        parts.append(f"Rows 'reported' give published values (sources and their protocols below the table), "
+                     f"not compared with ours: {not_comparable}; see reproduction_{spec['dataset']}.")
+    elif any_reported:
+        parts.append("Rows 'reported' give published values (sources and their protocols below the table) with "
+                     "Δ = ours − reported under this table's checkpoint; distances are compared only where the "
+                     f"units match. Ours under each value's own protocol: reproduction_{spec['dataset']}.")
     if collect.is_synthetic(grid, spec["dataset"]):
         parts.append("SYNTHETIC PHANTOM DATA — not comparable to the paper.")
     return " ".join(parts)

@@ -179,15 +179,32 @@ def summaries(ids, ckpt="best"):
     return [str(layout.Run(run_dir(i)).summary(ckpt)) for i in ids]
 
 
+def protocol_summaries(ids):
+    return [str(layout.Run(run_dir(i)).protocols / "summary.json") for i in ids]
+
+
+def comparison_ids(dataset):
+    (table,) = [t for t in GRID["tables"] if t["kind"] == "comparison" and t["dataset"] == dataset]
+    return [i for row in table["rows"] for c in row["cells"].values() for i in c]
+
+
+def evidence_runs(wildcards):
+    return protocol_summaries(comparison_ids(wildcards.dataset))
+
+
+def evidence_outputs():
+    tables = [f"{R}/tables/{kind}_{d}.{ext}" for d in COMPARISON_DATASETS
+              for kind in ("protocols", "paired", "reproduction") for ext in ("md", "html", "csv")]
+    return [*tables, *(f"{R}/figures/protocol_curves_{d}.{ext}" for d in COMPARISON_DATASETS for ext in ("png", "pdf"))]
+
+
 def table_runs(wildcards):
     ids = [i for row in TABLES[wildcards.table]["rows"] for c in row["cells"].values() for i in c]
     return [*summaries(ids, "best"), *summaries(ids, "final")]
 
 
 def dataset_runs(wildcards):
-    (table,) = [t for t in GRID["tables"] if t["kind"] == "comparison" and t["dataset"] == wildcards.dataset]
-    ids = [i for row in table["rows"] for c in row["cells"].values() for i in c]
-    return summaries(ids, "best")
+    return summaries(comparison_ids(wildcards.dataset), "best")
 
 
 def all_runs():
@@ -198,7 +215,11 @@ def all_runs():
 
 
 def all_tables():
-    return [*all_runs(), *(f"{R}/tables/{name}.{ext}" for name in TABLES for ext in ("md", "tex", "csv"))]
+    return [
+        *all_runs(),
+        *(f"{R}/tables/{name}.{ext}" for name in TABLES for ext in ("md", "tex", "csv")),
+        *evidence_outputs(),
+    ]
 
 
 def ablation_figures():

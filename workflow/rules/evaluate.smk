@@ -26,3 +26,29 @@ rule evaluate:
     shell:
         "python -m crossmatch evaluate --run {params.run} --checkpoint both --threads {threads} > {log} 2>&1 "
         "|| (tail -n 20 {log} >&2; exit 1)"
+
+
+# The papers' selection protocols, after training: every validation-point
+# snapshot scored on the validation and test cases (crossmatch.protocols).
+# Only the report reads its output; best.pt was chosen before it runs.
+rule protocols:
+    input:
+        run_file("checkpoint", "final"),
+    output:
+        f"{R}/runs/{{exp}}/eval/protocols/summary.json",
+    log:
+        f"{R}/logs/protocols/{{exp}}.log",
+    benchmark:
+        f"{R}/benchmarks/protocols/{{exp}}.tsv"
+    conda:
+        "../../envs/crossmatch-cuda.yaml"
+    threads: job_threads
+    resources:
+        gpu=job_resource("gpu", 1),
+        mem_mb=job_resource("mem_mb", 16000),
+        runtime=60,
+    params:
+        run=lambda wc: run_dir(wc.exp),
+    shell:
+        "python -m crossmatch protocols --run {params.run} --threads {threads} > {log} 2>&1 "
+        "|| (tail -n 20 {log} >&2; exit 1)"

@@ -112,3 +112,41 @@ rule qualitative:
         "python -m crossmatch report qualitative --grid {input.grid} --dataset {wildcards.dataset} "
         "--cases {params.cases} --runs {input.runs} --out {params.prefix} > {log} 2>&1 "
         "|| (cat {log} >&2; exit 1)"
+
+
+rule evidence:
+    input:
+        grid=f"{R}/grid.json",
+        runs=evidence_runs,
+    output:
+        tables=[
+            f"{R}/tables/{kind}_{{dataset}}.{ext}"
+            for kind in ("protocols", "paired", "reproduction")
+            for ext in ("md", "csv")
+        ],
+        html=[
+            report(
+                f"{R}/tables/{kind}_{{dataset}}.html",
+                caption="../report/table.rst",
+                category=report_category,
+                subcategory="Protocols and statistics",
+            )
+            for kind in ("protocols", "paired", "reproduction")
+        ],
+        png=report(
+            f"{R}/figures/protocol_curves_{{dataset}}.png",
+            caption="../report/figure.rst",
+            category=report_category,
+            subcategory="Protocols and statistics",
+        ),
+        pdf=f"{R}/figures/protocol_curves_{{dataset}}.pdf",
+        caption=f"{R}/figures/protocol_curves_{{dataset}}.txt",
+    log:
+        f"{R}/logs/report/evidence_{{dataset}}.log",
+    conda:
+        "../../envs/crossmatch-cpu.yaml"
+    params:
+        out=R,
+    shell:
+        "python -m crossmatch report evidence --grid {input.grid} --dataset {wildcards.dataset} "
+        "--runs {input.runs} --out {params.out} > {log} 2>&1 || (cat {log} >&2; exit 1)"

@@ -1,0 +1,279 @@
+"""Evidence per dataset, from the runs' protocol analysis (``crossmatch.protocols``):
+
+* ``protocols_<dataset>``: test Dice of every comparison row under each
+  protocol (final, best_val, valtest, best_test), mean ± std over seeds,
+  and the gap best_test − best_val, paired by seed;
+* ``paired_<dataset>``: every method but the supervised baseline against it
+  and against CrossMatch (``crossmatch.stats.paired``) under best_val and final:
+  Δ [95 % CI], Wilcoxon p, n, and each method's seed spread;
+* ``reproduction_<dataset>``: every reported value of the dataset beside ours
+  under the reported value's own protocol, Δ and a verdict (reproduced when
+  |Δ| <= the grid's ``reproduction_tolerance``; not comparable, with no Δ,
+  when the data are synthetic or our schedule is not the paper's);
+* ``protocol_curves_<dataset>`` (figure): validation and test Dice over the
+  iterations, each protocol's checkpoint marked.
+
+Tables are written as ``.md``, ``.html`` and tidy ``.csv``.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import stats
+from ..errors import DataError
+from ..io import write_text
+from ..protocols import PROTOCOLS, SUMMARY
+from . import collect
+
+REPORTED_PROTOCOLS = (*PROTOCOLS, "unknown")
+BASELINES = ("supervised", "crossmatch")
+PAIRED_PROTOCOLS = ("best_val", "final")
+
+
+@dataclass
+class TextTable:
+    name: str
+    caption: str
+    header: list[str]
+    rows: list[list[str]]
+    records: list[dict[str, Any]] = field(default_factory=list)   # the tidy CSV
+
+
+# ------------------------------------------------------------------ reading
+
+def load_protocols(grid: dict[str, Any], rid: str) -> dict[str, Any]:
+    path = collect.run_files(grid, rid).protocols / SUMMARY
+    hint = (f"; produce it with `crossmatch protocols --run {collect.run_dir(grid, rid)}` "
+            "(or the workflow: `snakemake --cores 2 all_tables`)")
+    if not path.is_file():
+        raise DataError(f"run {rid}: {path} not found{hint}")
+    return collect._read_json(path, f"run {rid}:", hint)
+
+
+@dataclass
+class Cell:
+    """One comparison row at one labeled count: its runs' protocol summaries by seed."""
+    label: str
+    method: str
+    labeled: str
+    upper_bound: bool
+    by_seed: dict[int, dict[str, Any]]
+
+    def scores(self, protocol: str) -> stats.Scores:
+        return {s: p["protocols"][protocol]["test_per_case"] for s, p in self.by_seed.items()}
+
+    def means(self, protocol: str) -> list[float]:
+        return [p["protocols"][protocol]["test_dice"] for p in self.by_seed.values()]
+
+
+def cells(grid: dict[str, Any], dataset: str) -> list[Cell]:
+    spec = collect.comparison_table(grid, dataset)
+    out = []
+    for row in spec["rows"]:
+        for labeled, ids in row["cells"].items():
+            by_seed = {int(grid["experiments"][rid]["seed"]): load_protocols(grid, rid) for rid in ids}
+            out.append(Cell(str(row["label"]), row.get("method", ""), labeled, collect.is_upper_bound(row),
+                            by_seed))
+    return out
+
+
+def _pm(values: list[float], scale: float = 100.0, signed: bool = False) -> str:
+    if not values:
+        return "–"
+    a = np.asarray(values) * scale
+    fmt = "{:+.2f}" if signed else "{:.2f}"
+    text = fmt.format(a.mean()).replace("-", "−")
+    return text + (f" ± {a.std(ddof=1):.2f}" if a.size > 1 else "")
+
+
+def _seeds_text(grid: dict[str, Any], cs: list[Cell]) -> str:
+    n = sorted({len(c.by_seed) for c in cs})
+    n_test = sorted({int(p.get("n_test_cases", 0)) for c in cs for p in c.by_seed.values()})
+    return (f"n = {'–'.join(map(str, (n[0], n[-1]) if n[0] != n[-1] else (n[0],)))} seeds "
+            f"({', '.join(map(str, grid.get('seeds', [])))}), {', '.join(map(str, n_test))} test cases")
+
+
+def _synthetic_note(grid: dict[str, Any], dataset: str) -> str:
+    return " SYNTHETIC PHANTOM DATA — not comparable to the paper." if collect.is_synthetic(grid, dataset) else ""
+
+
+# ------------------------------------------------------------------ tables
+
+def protocol_table(grid: dict[str, Any], dataset: str) -> TextTable:
+    cs = cells(grid, dataset)
+    header = ["Method", "labeled", *(f"{p} Dice (%)" for p in PROTOCOLS), "best_test − best_val"]
+    rows, records = [], []
+    for c in cs:
+        gaps = [p["protocols"]["best_test"]["test_dice"] - p["protocols"]["best_val"]["test_dice"]
+                for p in c.by_seed.values()]
+        rows.append([c.label, c.labeled, *(_pm(c.means(p)) for p in PROTOCOLS), _pm(gaps, signed=True)])
+        for p in PROTOCOLS:
+            for seed, s in c.by_seed.items():
+                records.append({"table": f"protocols_{dataset}", "row": c.label, "method": c.method,
+                                "labeled": c.labeled, "protocol": p, "seed": seed,
+                                "iteration": s["protocols"][p]["iteration"],
+                                "test_dice": repr(s["protocols"][p]["test_dice"])})
+    caption = (f"Protocols side by side on {dataset.upper()}: test mean Dice (%) of the checkpoint each "
+               f"protocol selects, mean ± std over seeds ({_seeds_text(grid, cs)}). "
+               + " ".join(f"{p}: {d}." for p, d in PROTOCOLS.items())
+               + " valtest and best_test read the test split: they are shown to measure other papers' "
+               "protocols and never select our checkpoint (best_val). The last column: best_test − best_val "
+               "per seed (how much selecting on the test set inflates the score)."
+               + _synthetic_note(grid, dataset))
+    return TextTable(f"protocols_{dataset}", caption, header, rows, records)
+
+
+def paired_table(grid: dict[str, Any], dataset: str, n_boot: int = 10000) -> TextTable:
+    cs = [c for c in cells(grid, dataset) if not c.upper_bound]
+    header = ["protocol", "labeled", "method", "vs", "Δ Dice (points) [95 % CI]", "Wilcoxon p", "n seeds × cases",
+              "seed std (min–max) of method"]
+    rows, records = [], []
+    for protocol in PAIRED_PROTOCOLS:
+        for c in cs:
+            std, lo, hi = stats.seed_spread(c.scores(protocol))
+            spread = f"{'–' if std is None else f'{100 * std:.2f}'} ({100 * lo:.2f}–{100 * hi:.2f})"
+            for base in BASELINES:
+                ref = next((b for b in cs if b.method == base and b.labeled == c.labeled), None)
+                if ref is None or ref is c or c.method == "supervised":  # the baseline itself: no row
+                    continue
+                r = stats.paired(c.scores(protocol), ref.scores(protocol), n_boot=n_boot)
+                mark = " ★" if r.significant else ""
+                delta = (f"{100 * r.mean:+.2f} [{100 * r.ci[0]:+.2f}, {100 * r.ci[1]:+.2f}]{mark}"
+                         .replace("-", "−"))
+                p = "–" if r.p_wilcoxon is None else f"{r.p_wilcoxon:.3g}"
+                rows.append([protocol, c.labeled, c.label, ref.label, delta, p, f"{r.n_seeds} × {r.n_cases}",
+                             spread])
+                records.append({"table": f"paired_{dataset}", "protocol": protocol, "labeled": c.labeled,
+                                "method": c.method, "vs": ref.method, "mean_diff": repr(r.mean),
+                                "ci_low": repr(r.ci[0]), "ci_high": repr(r.ci[1]),
+                                "significant": r.significant,
+                                "p_wilcoxon": "" if r.p_wilcoxon is None else repr(r.p_wilcoxon),
+                                "n_seeds": r.n_seeds, "n_cases": r.n_cases,
+                                "seed_std": "" if std is None else repr(std), "seed_min": repr(lo),
+                                "seed_max": repr(hi)})
+    caption = (f"Paired differences on {dataset.upper()} (method − baseline, test mean Dice in points), on the "
+               "seeds and test cases both have. 95 % CI: hierarchical bootstrap (seeds resampled, then test "
+               f"cases within each seed; {n_boot} draws, percentile interval); ★: the interval excludes 0. "
+               "Wilcoxon: two-sided signed-rank test (scipy) on the per-case differences averaged over seeds "
+               "(n = cases). Seed spread: std (ddof=1) and range of the method's per-seed means. "
+               + "; ".join(f"{p}: {PROTOCOLS[p]}" for p in PAIRED_PROTOCOLS) + "."
+               + _synthetic_note(grid, dataset))
+    return TextTable(f"paired_{dataset}", caption, header, rows, records)
+
+
+def schedule_text(grid: dict[str, Any], dataset: str) -> str:
+    """Which schedule our runs of ``dataset`` ran (from the first experiment of the comparison)."""
+    spec = collect.comparison_table(grid, dataset)
+    rid = collect.first_cell(spec, spec["rows"][0])[1][0]
+    t = grid["experiments"][rid]["config"]["train"]
+    crop = "x".join(map(str, t["crop"]))
+    return f"{t['iterations']} iterations, batch {t['batch_size']} at {crop}"
+
+
+def not_comparable(grid: dict[str, Any], dataset: str) -> str:
+    """Why our values of ``dataset`` cannot be set against a paper's ('' when they can)."""
+    if collect.is_synthetic(grid, dataset):
+        return "synthetic phantom data"
+    if not grid.get("paper_schedule", False):
+        return f"our schedule is not the paper's ({schedule_text(grid, dataset)})"
+    return ""
+
+
+def verdict(diff: float | None, tolerance: float, reason: str) -> str:
+    """The reproduction verdict of one reported cell (Dice points)."""
+    if reason:
+        return f"not comparable: {reason}"
+    if diff is None:
+        return "not run here"
+    return "reproduced" if abs(diff) <= tolerance else "not reproduced"
+
+
+def reproduction_table(grid: dict[str, Any], dataset: str) -> TextTable:
+    reported = [r for r in collect.load_reported(grid) if r["dataset"] == dataset and r.get("dice")]
+    by_key = {(c.method, c.labeled): c for c in cells(grid, dataset)}
+    tol = float(grid.get("reproduction_tolerance", 1.0))
+    reason = not_comparable(grid, dataset)
+    header = ["Method", "labeled", "reported Dice (%)", "its protocol", "ours under it (%)", "Δ", "verdict",
+              "source"]
+    rows, records = [], []
+    for r in reported:
+        protocol = r.get("protocol") or "unknown"
+        if protocol not in REPORTED_PROTOCOLS:
+            raise DataError(f"{grid.get('reported')}: protocol {protocol!r} of {r['method']}/{r['dataset']}/"
+                            f"{r['labeled']} is not one of {REPORTED_PROTOCOLS}")
+        ours_protocol = "best_val" if protocol == "unknown" else protocol
+        c = by_key.get((r["method"], r["labeled"]))
+        value = float(r["dice"])
+        ours = c.means(ours_protocol) if c else []
+        diff = 100 * float(np.mean(ours)) - value if ours else None
+        v = verdict(diff, tol, reason if c else "")
+        shown = "–" if diff is None or reason else f"{diff:+.2f}".replace("-", "−")
+        proto_text = protocol if protocol != "unknown" else "not stated (ours: best_val)"
+        rows.append([r["method"], r["labeled"], f"{value:.2f}", proto_text, _pm(ours) if ours else "–", shown, v,
+                     r["source"]])
+        records.append({"table": f"reproduction_{dataset}", "method": r["method"], "labeled": r["labeled"],
+                        "reported": repr(value), "protocol": protocol, "ours_protocol": ours_protocol,
+                        "ours_mean": repr(100 * float(np.mean(ours))) if ours else "", "n_seeds": len(ours),
+                        "diff": "" if diff is None or reason else repr(diff), "verdict": v,
+                        "source": r["source"]})
+    caption = (f"Reproduction on {dataset.upper()}: every reported Dice of the dataset beside ours under the "
+               f"reported value's own protocol (mean ± std over seeds; {PROTOCOLS['best_val']} where the "
+               f"source does not state its protocol). Verdict: reproduced when |Δ| <= {tol:g} Dice points "
+               "(reproduction_tolerance), not reproduced otherwise; not comparable (no Δ) when the data or "
+               f"the schedule differ from the paper's. Our schedule: {schedule_text(grid, dataset)}."
+               + _synthetic_note(grid, dataset))
+    return TextTable(f"reproduction_{dataset}", caption, header, rows, records)
+
+
+# ------------------------------------------------------------------ rendering
+
+def to_markdown(t: TextTable) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = [f"**Table {t.name}.** {t.caption}", "", "| " + " | ".join(map(esc, t.header)) + " |",
+             "|" + "|".join([":---"] * 2 + ["---:"] * (len(t.header) - 2)) + "|"]
+    lines += ["| " + " | ".join(map(esc, r)) + " |" for r in t.rows]
+    if not t.rows:
+        lines.append("| " + " | ".join(["(none)"] + [""] * (len(t.header) - 1)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_html(t: TextTable) -> str:
+    from .tables import _HTML_STYLE
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in t.header)
+    body = "\n".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in t.rows)
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{e(t.name)}</title>'
+            f"<style>{_HTML_STYLE}</style></head><body>\n<table>\n"
+            f"<caption><b>Table {e(t.name)}.</b> {e(t.caption)}</caption>\n<thead><tr>{head}</tr></thead>\n"
+            f"<tbody>\n{body}\n</tbody></table>\n</body></html>\n")
+
+
+def to_csv(t: TextTable) -> str:
+    buf = io.StringIO()
+    fields = list(dict.fromkeys(k for r in t.records for k in r)) or ["table"]
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(t.records)
+    return buf.getvalue()
+
+
+def write_evidence(grid: dict[str, Any], dataset: str, out_dir: str | Path, n_boot: int = 10000) -> list[str]:
+    """Write the three tables (``<out_dir>/tables/<name>.{md,html,csv}``) and the
+    protocol-curve figure (``<out_dir>/figures/protocol_curves_<dataset>.*``);
+    returns the table names."""
+    out = Path(out_dir)
+    names = []
+    for t in (protocol_table(grid, dataset), paired_table(grid, dataset, n_boot), reproduction_table(grid, dataset)):
+        for suffix, render in ((".md", to_markdown), (".html", to_html), (".csv", to_csv)):
+            write_text(out / "tables" / f"{t.name}{suffix}", render(t))
+        names.append(t.name)
+    from .figures import protocol_curves
+    protocol_curves(grid, dataset, out / "figures" / f"protocol_curves_{dataset}")
+    return names

@@ -1,0 +1,216 @@
+"""The protocol analysis (crossmatch.protocols), the paired statistics
+(crossmatch.stats) and the evidence tables (crossmatch.report.evidence)."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from crossmatch import config, stats
+from crossmatch.errors import DataError
+from crossmatch.evaluate import evaluate_run
+from crossmatch.layout import Run
+from crossmatch.protocols import choose, score_run
+from crossmatch.report.evidence import (not_comparable, paired_table, protocol_table, reproduction_table,
+                                        verdict, write_evidence)
+from crossmatch.train import train
+
+from conftest import tiny_overrides
+
+
+# ------------------------------------------------------------ selection never reads test
+
+def _weights(path):
+    return torch.load(path, weights_only=False)["model"]
+
+
+def test_selection_is_unchanged_by_snapshots_and_the_analysis(acdc_root, tmp_path):
+    """best.pt and its test evaluation are the same whether snapshots are kept
+    and whether the protocol analysis runs; the analysis picks best_val as
+    the trainer did and best_test / valtest from its own curve."""
+    over = tiny_overrides(acdc_root, iterations=6, val_every=2, ckpt_every=3)
+    without = tmp_path / "without"
+    train(config.resolve({**over, "train": {**over["train"], "snapshots": False}}), without)
+    run_dir = tmp_path / "with"
+    train(config.resolve(over), run_dir)
+    run = Run(run_dir)
+    assert run.snapshot_iterations() == [2, 4, 6]
+    assert not Run(without).snapshots.exists()
+    for a, b in zip(_weights(run.checkpoint("best")).values(), _weights(Run(without).checkpoint("best")).values()):
+        assert torch.equal(a, b)
+
+    before = evaluate_run(run_dir, "best", save_predictions=False)
+    best_bytes = run.checkpoint("best").read_bytes()
+    summary = score_run(run_dir)
+    assert run.checkpoint("best").read_bytes() == best_bytes
+    after = evaluate_run(run_dir, "best", save_predictions=False)
+    assert after["mean"] == before["mean"] and after["iteration"] == before["iteration"]
+
+    p = summary["protocols"]
+    assert p["best_val"]["iteration"] == before["iteration"]
+    assert p["final"]["iteration"] == 6
+    assert p["best_val"]["test_dice"] == pytest.approx(before["mean"]["dice"]["mean"], abs=1e-9)
+    with open(run.protocols / "curve.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(int(r["iteration"]), r["split"]) for r in rows} == {(i, s) for i in (2, 4, 6) for s in ("val", "test")}
+    assert p["best_test"]["test_dice"] == max(summary["curve"]["test_dice"])
+    assert summary["gap_best_test_minus_best_val"] >= 0
+    # a second call resumes: nothing left to score, the same summary
+    assert score_run(run_dir)["protocols"] == p
+
+
+def test_the_analysis_needs_snapshots(acdc_root, tmp_path):
+    over = tiny_overrides(acdc_root, iterations=2)
+    train(config.resolve({**over, "train": {**over["train"], "snapshots": False}}), tmp_path / "run")
+    with pytest.raises(DataError, match="no snapshots.*train.snapshots: true"):
+        score_run(tmp_path / "run")
+
+
+def _rows(table):
+    """curve.csv rows from {(iteration, split): {case: dice}}."""
+    return [{"iteration": i, "split": s, "case": c, "dice": d} for (i, s), v in table.items() for c, d in v.items()]
+
+
+def test_choose_picks_each_protocols_checkpoint():
+    rows = _rows({(10, "val"): {"v": 0.9}, (10, "test"): {"a": 0.2, "b": 0.4},     # valtest (0.9+0.6)/3 = 0.5
+                  (20, "val"): {"v": 0.5}, (20, "test"): {"a": 0.6, "b": 0.6},     # best_test (0.6), valtest 0.567
+                  (30, "val"): {"v": 0.1}, (30, "test"): {"a": 0.6, "b": 0.6}})    # ties best_test: the earliest
+    s = choose(rows, best_val_iteration=10, final_iteration=30)["protocols"]
+    assert {k: v["iteration"] for k, v in s.items()} == {"final": 30, "best_val": 10, "valtest": 20,
+                                                         "best_test": 20}
+    assert s["best_val"]["test_dice"] == pytest.approx(0.3)
+    assert s["best_val"]["test_per_case"] == {"a": 0.2, "b": 0.4}
+    with pytest.raises(DataError, match="no snapshot scored"):
+        choose(rows, best_val_iteration=15, final_iteration=30)
+
+
+# ------------------------------------------------------------ statistics
+
+def test_bootstrap_known_answers():
+    # a constant difference: every resample has the same mean
+    a = {s: {f"c{i}": 0.7 for i in range(8)} for s in range(3)}
+    b = {s: {f"c{i}": 0.6 for i in range(8)} for s in range(3)}
+    r = stats.paired(a, b, n_boot=500)
+    assert r.mean == pytest.approx(0.1) and r.ci == pytest.approx((0.1, 0.1)) and r.significant
+    assert r.n_seeds == 3 and r.n_cases == 8
+    # one seed: the case bootstrap's interval is mean +- 1.96 sd / sqrt(n)
+    rng = np.random.default_rng(1)
+    d = rng.normal(0.02, 0.1, 400)
+    lo, hi = stats.hierarchical_bootstrap(d[None, :], n_boot=4000)
+    half = 1.96 * d.std(ddof=0) / math.sqrt(d.size)
+    assert lo == pytest.approx(d.mean() - half, abs=0.15 * half)
+    assert hi == pytest.approx(d.mean() + half, abs=0.15 * half)
+    # seeds vary: the interval widens with the seed-to-seed spread
+    shifts = np.array([-0.05, 0.0, 0.05])
+    wide = stats.hierarchical_bootstrap(d[None, :] + shifts[:, None], n_boot=4000)
+    assert wide[1] - wide[0] > 2 * (hi - lo)
+
+
+def test_wilcoxon_and_shared_cases():
+    a = {0: {f"c{i}": 0.5 + 0.01 * (i + 1) for i in range(10)} | {"only_a": 1.0}}
+    b = {0: {f"c{i}": 0.5 for i in range(10)}, 1: {"c0": 0.1}}
+    r = stats.paired(a, b, n_boot=200)
+    assert r.n_seeds == 1 and r.n_cases == 10           # seed 1 and only_a are not shared
+    assert r.p_wilcoxon == pytest.approx(0.001953125)    # all 10 positive: 2 / 2^10
+    assert stats.paired(a, a, n_boot=10).p_wilcoxon is None
+    with pytest.raises(ValueError, match="no seed"):
+        stats.paired({0: {"c": 1.0}}, {1: {"c": 1.0}})
+    std, lo, hi = stats.seed_spread({0: {"c": 0.4}, 1: {"c": 0.6}})
+    assert (lo, hi) == (0.4, 0.6) and std == pytest.approx(math.sqrt(0.02))
+
+
+def test_verdict():
+    assert verdict(0.4, 1.0, "") == "reproduced"
+    assert verdict(-1.5, 1.0, "") == "not reproduced"
+    assert verdict(None, 1.0, "") == "not run here"
+    assert verdict(0.0, 1.0, "synthetic phantom data") == "not comparable: synthetic phantom data"
+
+
+# ------------------------------------------------------------ evidence tables
+
+def _grid(tmp_path, synthetic=False, paper_schedule=True):
+    """Two methods x 2 seeds with written protocol summaries; per-case test
+    Dice: supervised 0.5 + 0.01 case, crossmatch 0.1 above it under every protocol."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    results = tmp_path / "results"
+    experiments, rows = {}, []
+    reported = tmp_path / "reported.csv"
+    reported.write_text("method,dataset,labeled,dice,jaccard,hd95,asd,units,source,protocol,protocol_note\n"
+                        "crossmatch,acdc,3,60.5,,,,voxel,Paper A,valtest,\n"
+                        "crossmatch,acdc,3,70.0,,,,voxel,Paper B,best_test,\n"
+                        "supervised,acdc,3,55.0,,,,voxel,Paper C,unknown,\n"
+                        "bcp,acdc,3,87.6,,,,voxel,Paper D,best_test,\n")
+    for m, base in (("supervised", 0.0), ("crossmatch", 0.1)):
+        ids = []
+        for seed in (0, 1):
+            rid = f"acdc/{m}/l3/default/s{seed}"
+            cases = {f"c{i}": 0.5 + 0.01 * i + base + 0.005 * seed for i in range(6)}
+            mean = float(np.mean(list(cases.values())))
+            protocols = {p: {"iteration": it, "test_dice": mean + bump, "val_dice": 0.5,
+                             "test_per_case": {c: v + bump for c, v in cases.items()}, "selects": p}
+                         for p, it, bump in (("final", 30, 0.0), ("best_val", 20, 0.0), ("valtest", 20, 0.0),
+                                             ("best_test", 10, 0.02))}
+            summary = {"protocols": protocols, "gap_best_test_minus_best_val": 0.02, "experiment": rid,
+                       "n_val_cases": 2, "n_test_cases": 6,
+                       "curve": {"iteration": [10, 20, 30], "val_dice": [0.4, 0.5, 0.45],
+                                 "test_dice": [mean + 0.02, mean, mean]}}
+            path = Run(results / "runs" / rid).protocols / "summary.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(summary))
+            experiments[rid] = {"dataset": "acdc", "method": m, "labeled": 3, "seed": seed,
+                                "config": {"train": {"iterations": 30, "batch_size": 4, "crop": [128, 128]}}}
+            ids.append(rid)
+        rows.append({"label": m, "method": m, "cells": {"3": ids}})
+    return {"results": str(results), "seeds": [0, 1], "synthetic": {"acdc": synthetic}, "reported": str(reported),
+            "paper_schedule": paper_schedule, "reproduction_tolerance": 1.0, "experiments": experiments,
+            "tables": [{"name": "comparison_acdc", "kind": "comparison", "dataset": "acdc", "labeled": ["3"],
+                        "rows": rows}]}
+
+
+def test_protocol_and_paired_tables(tmp_path):
+    grid = _grid(tmp_path)
+    t = protocol_table(grid, "acdc")
+    cm = next(r for r in t.rows if r[0] == "crossmatch")
+    # crossmatch: per seed means 0.625 / 0.630 -> 62.75 ± 0.35; best_test 2 points above; gap +2.00
+    assert cm[2:] == ["62.75 ± 0.35", "62.75 ± 0.35", "62.75 ± 0.35", "64.75 ± 0.35", "+2.00 ± 0.00"]
+    p = paired_table(grid, "acdc", n_boot=300)
+    (row,) = [r for r in p.rows if r[0] == "best_val" and r[2] == "crossmatch"]
+    assert row[3] == "supervised" and row[4] == "+10.00 [+10.00, +10.00] ★" and row[6] == "2 × 6"
+    assert "hierarchical bootstrap" in p.caption and "Wilcoxon" in p.caption
+
+
+def test_reproduction_table_verdicts(tmp_path):
+    t = reproduction_table(_grid(tmp_path), "acdc")
+    got = {(r[0], r[3]): (r[4], r[5], r[6]) for r in t.rows}
+    assert got[("crossmatch", "valtest")] == ("62.75 ± 0.35", "+2.25", "not reproduced")
+    assert got[("crossmatch", "best_test")] == ("64.75 ± 0.35", "−5.25", "not reproduced")
+    assert got[("supervised", "not stated (ours: best_val)")] == ("52.75 ± 0.35", "−2.25", "not reproduced")
+    assert got[("bcp", "best_test")] == ("–", "–", "not run here")
+    grid = _grid(tmp_path / "tol")
+    grid["reproduction_tolerance"] = 2.5
+    assert reproduction_table(grid, "acdc").rows[0][6] == "reproduced"
+
+
+@pytest.mark.parametrize("synthetic, paper, reason", [(True, True, "synthetic phantom data"),
+                                                     (False, False, "our schedule is not the paper's")])
+def test_no_difference_where_data_or_schedule_differ(tmp_path, synthetic, paper, reason):
+    grid = _grid(tmp_path, synthetic=synthetic, paper_schedule=paper)
+    assert reason in not_comparable(grid, "acdc")
+    for r in reproduction_table(grid, "acdc").rows:
+        if r[0] != "bcp":
+            assert r[5] == "–" and r[6].startswith(f"not comparable: {reason}")
+    if not paper:
+        assert "30 iterations, batch 4 at 128x128" in not_comparable(grid, "acdc")
+
+
+def test_write_evidence(tmp_path):
+    names = write_evidence(_grid(tmp_path), "acdc", tmp_path / "out", n_boot=200)
+    assert names == ["protocols_acdc", "paired_acdc", "reproduction_acdc"]
+    for n in names:
+        for ext in ("md", "html", "csv"):
+            assert (tmp_path / "out" / "tables" / f"{n}.{ext}").stat().st_size > 100
+    fig = tmp_path / "out" / "figures" / "protocol_curves_acdc"
+    assert fig.with_suffix(".png").stat().st_size > 5000
+    assert "best_test" in fig.with_suffix(".txt").read_text()
