@@ -181,10 +181,11 @@ def test_comparison_table(grid: dict[str, Any], tmp_path: Path) -> None:
     assert "72.00 ± 2.83 |" in md and "**72.00" not in md
     assert "96.00 ± 1.41" in md and "**96.00" not in md        # upper bound never bold
     assert r"$\mathbf{85.00 \pm 7.07}$" in tex
-    # reported row beneath ours, with Delta = ours - reported where units match
-    assert r["reported"] == "80.0" and math.isclose(float(r["diff"]), 5.0)
+    # reported row beneath ours; synthetic data: shown, never compared (no Delta)
+    assert r["reported"] == "80.0" and r["diff"] == "" and r["note"] == "not comparable"
     assert r["reported_source"] == "Test README"
-    assert "80.00 (Δ +5.00)" in md and "| ↳ crossmatch reported [1,2] |" in md
+    assert "80.00 (not comparable)" in md and "| ↳ crossmatch reported [1,2] |" in md
+    assert "Δ +" not in md and "not compared with ours: synthetic phantom data" in md
     assert md.index("| crossmatch |") < md.index("↳ crossmatch reported")
     assert "[1] Test README (selection on val+test)" in md and "[2] Other paper" in md
     hd = cm[("crossmatch", "1", "hd95_vox")]
@@ -206,8 +207,25 @@ def test_comparison_table(grid: dict[str, Any], tmp_path: Path) -> None:
     body = {r[0]: r[1:] for r in page["rows"]}
     dice3 = 4  # column groups 1 and 3 labeled, 4 metrics each
     assert body["crossmatch"][dice3] == "85.00 ± 7.07" and "85.00 ± 7.07" in page["bold"]
-    assert body["↳ crossmatch reported [1,2]"][dice3] == "80.00 (Δ +5.00)"
+    assert body["↳ crossmatch reported [1,2]"][dice3] == "80.00 (not comparable)"
     assert "96.00 ± 1.41" not in page["bold"]
+
+
+@pytest.mark.parametrize("paper_schedule", [True, False])
+def test_comparison_delta_only_on_real_data_and_the_papers_schedule(grid, tmp_path, paper_schedule):
+    grid = {**grid, "synthetic": {"acdc": False}, "paper_schedule": paper_schedule}
+    for rid in grid["experiments"]:
+        grid["experiments"][rid]["config"]["train"] = {"iterations": 40, "batch_size": 4, "crop": [24, 24]}
+    prefix = tmp_path / "comparison_acdc"
+    write_table(grid, "comparison_acdc", prefix)
+    md = Path(f"{prefix}.md").read_text()
+    r = {(r["row"], r["labeled"], r["metric"]): r for r in _csv(Path(f"{prefix}.csv"))}[("crossmatch", "3", "dice")]
+    if paper_schedule:  # Delta = ours - reported where units match
+        assert math.isclose(float(r["diff"]), 5.0) and "80.00 (Δ +5.00)" in md
+        assert "reproduction_acdc" in md
+    else:
+        assert r["diff"] == "" and "80.00 (not comparable)" in md
+        assert "our schedule is not the paper's (40 iterations, batch 4 at 24x24)" in md
 
 
 def test_ablation_table_and_figure(grid: dict[str, Any], tmp_path: Path) -> None:

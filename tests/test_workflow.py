@@ -72,6 +72,8 @@ def test_paper_grid_dry_run_counts_jobs_per_rule(workdir: Path) -> None:
     ablation = 2 * ((5 - 1) + (7 - 1) + (3 - 1) + (2 - 1) + (3 - 1))
     assert n["experiment"] == n["train"] == n["evaluate"] == seeds * (comparison + ablation) == 219
     assert n["table"] == 4 + len(cfg["ablations"]) == 14
+    # the protocol analysis of every comparison run, the evidence tables per dataset
+    assert n["protocols"] == seeds * comparison and n["evidence"] == 4
     # Pancreas-CT and ISIC have no manifest: preprocessing validates them itself
     assert n["check_data"] == 2 and n["preprocess"] == 4
     assert "phantom" not in n
@@ -148,9 +150,10 @@ def test_report_shows_every_table_and_figure_in_a_browser(quick_start: Path) -> 
         pytest.skip("Chromium not installed (Debian: apt-get install chromium)")
     found = browser.probe(quick_start / "report.html")
     assert set(found["categories"]) == {f"{d} (synthetic)" for d in ("acdc", "la", "pancreas", "isic")}
-    assert found["categories"]["acdc (synthetic)"] == ["Tables", "Ablation figures", "Training curves", "Qualitative"]
-    # 9 tables, 5 ablation figures, 4 x (training curves, qualitative)
-    assert len(found["results"]) == 22, found["results"]
+    assert set(found["categories"]["acdc (synthetic)"]) == {"Tables", "Ablation figures", "Training curves",
+                                                            "Qualitative", "Protocols and statistics"}
+    # 9 tables, 5 ablation figures, 4 x (training curves, qualitative), 4 x (3 evidence tables, protocol curves)
+    assert len(found["results"]) == 38, found["results"]
     bad = {p: s for p, s in found["results"].items() if not (s.startswith("image ") or s == "html table")}
     assert not bad, bad
 
@@ -171,6 +174,16 @@ def test_default_config_end_to_end_then_partial_rerun(quick_start: Path) -> None
         for method in ("supervised", "crossmatch", *extra, "fully_supervised"):
             assert method in comp, (dataset, method)
         assert "SYNTHETIC" in comp.upper()
+        # the protocols side by side, paired statistics, the reproduction verdict
+        for kind in ("protocols", "paired", "reproduction"):
+            for ext in ("md", "html", "csv"):
+                assert (res / "tables" / f"{kind}_{dataset}.{ext}").stat().st_size > 100, (kind, dataset)
+        assert (res / "figures" / f"protocol_curves_{dataset}.png").stat().st_size > 1000
+        rep = (res / f"tables/reproduction_{dataset}.md").read_text()
+        assert "| reproduced |" not in rep and "| not reproduced |" not in rep
+        if dataset == "acdc":  # the one dataset whose phantom has a labeled count a paper reports
+            assert "| crossmatch | 3 | 88.27 | valtest |" in rep and "not comparable: synthetic phantom data" in rep
+        assert "Δ +" not in comp and "Δ −" not in comp
     with open(res / "tables/ablation_tau.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["row"] for r in rows} == {"0.80", "0.95"}

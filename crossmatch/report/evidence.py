@@ -96,7 +96,7 @@ def _pm(values: list[float], scale: float = 100.0, signed: bool = False) -> str:
 def _seeds_text(grid: dict[str, Any], cs: list[Cell]) -> str:
     n = sorted({len(c.by_seed) for c in cs})
     n_test = sorted({int(p.get("n_test_cases", 0)) for c in cs for p in c.by_seed.values()})
-    return (f"n = {'–'.join(map(str, (n[0], n[-1]) if n[0] != n[-1] else (n[0],)))} seeds "
+    return (f"n = {'–'.join(map(str, (n[0], n[-1]) if n[0] != n[-1] else (n[0],)))} seed{'s' * (n[-1] > 1)} "
             f"({', '.join(map(str, grid.get('seeds', [])))}), {', '.join(map(str, n_test))} test cases")
 
 

@@ -248,7 +248,8 @@ def protocol_curves(grid: dict[str, Any], dataset: str, out_prefix: str | Path) 
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean Dice (%)")
     axes[0][-1].legend(fontsize=6, loc="lower right")
-    fig.suptitle(_title(grid, dataset, f"Validation and test Dice over training — {dataset.upper()}"), fontsize=10)
+    fig.suptitle(_title(grid, dataset, f"Validation and test Dice over training — {dataset.upper()}"), fontsize=10,
+                 y=1.02)
     caption = (f"Validation (dashed) and test (solid) mean Dice (%) of every snapshot on {dataset.upper()}, per "
                "method and seed; markers: the checkpoint each protocol selects (square final, circle best_val "
                "= ours, triangle valtest = best on validation + test, star best_test = best on the test set), "

@@ -193,8 +193,12 @@ def evidence_runs(wildcards):
 
 
 def evidence_outputs():
-    tables = [f"{R}/tables/{kind}_{d}.{ext}" for d in COMPARISON_DATASETS
-              for kind in ("protocols", "paired", "reproduction") for ext in ("md", "html", "csv")]
+    tables = [
+        f"{R}/tables/{kind}_{d}.{ext}"
+        for d in COMPARISON_DATASETS
+        for kind in ("protocols", "paired", "reproduction")
+        for ext in ("md", "html", "csv")
+    ]
     return [*tables, *(f"{R}/figures/protocol_curves_{d}.{ext}" for d in COMPARISON_DATASETS for ext in ("png", "pdf"))]
 
 

@@ -127,7 +127,7 @@ rule evidence:
         html=[
             report(
                 f"{R}/tables/{kind}_{{dataset}}.html",
-                caption="../report/table.rst",
+                caption="../report/evidence.rst",
                 category=report_category,
                 subcategory="Protocols and statistics",
             )
@@ -135,7 +135,7 @@ rule evidence:
         ],
         png=report(
             f"{R}/figures/protocol_curves_{{dataset}}.png",
-            caption="../report/figure.rst",
+            caption="../report/evidence.rst",
             category=report_category,
             subcategory="Protocols and statistics",
         ),
@@ -146,7 +146,8 @@ rule evidence:
     conda:
         "../../envs/crossmatch-cpu.yaml"
     params:
-        out=R,
+        # the results folder: the figure's grandparent
+        out=lambda wildcards, output: os.path.dirname(os.path.dirname(output.png)),
     shell:
         "python -m crossmatch report evidence --grid {input.grid} --dataset {wildcards.dataset} "
         "--runs {input.runs} --out {params.out} > {log} 2>&1 || (cat {log} >&2; exit 1)"
