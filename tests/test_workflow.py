@@ -80,11 +80,14 @@ def test_paper_grid_dry_run_counts_jobs_per_rule(workdir: Path) -> None:
 
 
 def test_real_config_dry_run(workdir: Path) -> None:
-    r = snakemake(workdir, "-n", "all", "--configfile", str(REPO / "config/real.yaml"),
+    r = snakemake(workdir, "-n", "-p", "all", "--configfile", str(REPO / "config/real.yaml"),
                   "--config", "data_root=../shared/data")
     assert r.returncode == 0, r.stderr[-3000:]
     n = job_counts(r.stdout)
     assert n["train"] == 5 and n["check_data"] == 2 and "phantom" not in n
+    # raw data use the package's split lists: no --split-dir at all (an empty one ate the next argument)
+    commands = [line for line in r.stdout.splitlines() if "crossmatch preprocess" in line]
+    assert len(commands) == 2 and not any("--split-dir" in c for c in commands), commands
 
 
 def test_bad_config_rejected_by_schema(workdir: Path) -> None:

@@ -45,10 +45,16 @@ rule preprocess:
         mem_mb=4000,
     params:
         raw=lambda wc: data_paths(wc.dataset)["raw"],
-        split_dir=lambda wc: data_paths(wc.dataset)["split_dir"],
+        # raw datasets use the package's standard lists: no --split-dir (an empty value would eat the
+        # next argument)
+        split_arg=lambda wc: (
+            f"--split-dir {shlex.quote(data_paths(wc.dataset)['split_dir'])}"
+            if data_paths(wc.dataset)["split_dir"]
+            else ""
+        ),
         missing=lambda wc: dataset_cfg(wc.dataset).get("missing_cases", xconfig.default("dataset", "missing_cases")),
         root=lambda wc: data_paths(wc.dataset)["root"],
     shell:
         "python -m crossmatch preprocess --dataset {wildcards.dataset} --raw {params.raw:q} "
         "--out {params.root} --missing-cases {params.missing} "
-        "--split-dir {params.split_dir:q} > {log} 2>&1 || (tail -n 20 {log} >&2; exit 1)"
+        "{params.split_arg} > {log} 2>&1 || (tail -n 20 {log} >&2; exit 1)"
