@@ -288,3 +288,29 @@ def test_report_reads_only_the_runs_it_is_given(grid: dict[str, Any], tmp_path: 
     assert main(["table", "--grid", str(gpath), "--name", "comparison_acdc", "--out", str(out),
                  "--runs", *partial]) == 1
     assert f"run {missing} is in the table but not among the runs given to the report" in capsys.readouterr().err
+
+
+def test_comparison_sets_a_reported_dice_beside_ours_under_its_protocol(grid, tmp_path):
+    """With the runs' protocol analysis, a reported Dice that names its protocol
+    is compared with ours under that protocol, not with this table's checkpoint."""
+    from crossmatch.layout import Run
+    reported = tmp_path / "reported_protocol.csv"
+    reported.write_text("method,dataset,labeled,dice,jaccard,hd95,asd,units,source,protocol,protocol_note\n"
+                        "crossmatch,acdc,3,80.00,70.00,,,voxel,Test README,valtest,\n")
+    grid = {**grid, "synthetic": {"acdc": False}, "paper_schedule": True, "reported": str(reported)}
+    for rid, e in grid["experiments"].items():
+        e["config"]["train"] = {"iterations": 40, "batch_size": 4, "crop": [24, 24]}
+        path = Run(Path(grid["results"]) / "runs" / rid).protocols / "summary.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dice = {"final": 0.5, "best_val": 0.6, "valtest": 0.75 + 0.01 * e["seed"], "best_test": 0.9}
+        path.write_text(json.dumps({"protocols": {p: {"test_dice": d} for p, d in dice.items()}}))
+    prefix = tmp_path / "comparison_acdc"
+    write_table(grid, "comparison_acdc", prefix)
+    md = Path(f"{prefix}.md").read_text()
+    rows = {(r["row"], r["labeled"], r["metric"]): r for r in _csv(Path(f"{prefix}.csv"))}
+    r = rows[("crossmatch", "3", "dice")]
+    assert r["reported_protocol"] == "valtest" and math.isclose(float(r["ours_under_protocol"]), 75.5)
+    assert math.isclose(float(r["diff"]), -4.5)                  # 75.5 - 80, not 85 (best) - 80
+    assert "80.00 [valtest; ours under it 75.50] (Δ −4.50)" in md
+    j = rows[("crossmatch", "3", "jaccard")]                      # other metrics: this table's checkpoint
+    assert j["reported_protocol"] == "" and j["ours_under_protocol"] == ""

@@ -57,6 +57,22 @@ def load_protocols(grid: dict[str, Any], rid: str) -> dict[str, Any]:
     return collect._read_json(path, f"run {rid}:", hint)
 
 
+def ours_under_protocols(grid: dict[str, Any], row: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """(labeled, protocol) -> our test Dice (%) under that protocol, mean over the
+    row's seeds, for the cells whose every run has its protocol analysis (the
+    workflow's table rule depends on it; a table made by hand without it
+    simply lacks these values)."""
+    out = {}
+    for labeled, ids in row["cells"].items():
+        paths = [collect.run_files(grid, rid).protocols / SUMMARY for rid in ids]
+        if not ids or not all(p.is_file() for p in paths):
+            continue
+        summaries = [collect._read_json(p, "protocol summary") for p in paths]
+        for name in PROTOCOLS:
+            out[(labeled, name)] = 100 * float(np.mean([s["protocols"][name]["test_dice"] for s in summaries]))
+    return out
+
+
 @dataclass
 class Cell:
     """One comparison row at one labeled count: its runs' protocol summaries by seed."""

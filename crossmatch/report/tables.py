@@ -38,6 +38,8 @@ class Reported:
     source: str
     diff: float | None          # ours - reported; None when not comparable
     note: str = ""              # why no difference is given
+    protocol: str = ""          # the reported value's selection protocol (reported_results.csv)
+    ours_under_protocol: float | None = None   # our Dice (%) under that protocol (crossmatch.protocols)
 
 
 @dataclass
@@ -81,10 +83,12 @@ def _group_label(labeled: str) -> str:
 
 
 def _reported_for(reported: list[dict[str, Any]], method: str, dataset: str, groups: list[str],
-                  metrics: tuple[Metric, ...], stats: dict[Cell, Stat],
-                  not_comparable: str = "") -> tuple[dict[Cell, Reported], list[str]]:
+                  metrics: tuple[Metric, ...], stats: dict[Cell, Stat], not_comparable: str = "",
+                  under: dict[tuple[str, str], float] | None = None) -> tuple[dict[Cell, Reported], list[str]]:
     """The reported values of (method, dataset, labeled), placed in the column of
-    matching units; no difference where ``not_comparable`` says why."""
+    matching units; no difference where ``not_comparable`` says why. ``under``
+    ((labeled, protocol) -> our Dice in %): where a reported Dice names its
+    protocol and ours under it is known, Delta is taken against that."""
     out: dict[Cell, Reported] = {}
     sources: list[str] = []
     for r in reported:
@@ -107,10 +111,14 @@ def _reported_for(reported: list[dict[str, Any]], method: str, dataset: str, gro
                     value, units, r["source"], None, f"units differ: {units} vs {cands[0].unit}, not compared")
                 continue
             ours = stats.get((r["labeled"], match.key), Stat(None, None, 0)).mean
+            protocol = r.get("protocol", "") if key == "dice" else ""
+            own = (under or {}).get((r["labeled"], protocol))
+            if own is not None:
+                ours = own
             why = ("not comparable" if not_comparable else "") if ours is not None else "no value of ours"
             out[(r["labeled"], match.key)] = Reported(
                 value, units if match.unit != "%" else "%", r["source"],
-                None if ours is None or not_comparable else ours - value, why)
+                None if ours is None or not_comparable else ours - value, why, protocol, own)
     return out, sources
 
 
@@ -139,7 +147,7 @@ def build_table(grid: dict[str, Any], name: str, checkpoint: str = "best") -> Ta
     has_mm = all(collect.summary_mean(s, "hd95_mm") is not None for s in summaries.values())
     metrics = METRICS_VOX + (METRICS_MM if has_mm else ())
     reported = collect.load_reported(grid) if kind == "comparison" else []
-    from .evidence import not_comparable
+    from .evidence import not_comparable, ours_under_protocols
     reason = not_comparable(grid, dataset) if reported else ""
 
     rows: list[Row] = []
@@ -148,7 +156,8 @@ def build_table(grid: dict[str, Any], name: str, checkpoint: str = "best") -> Ta
                                                m.scale)
                  for g, ids in row["cells"].items() for m in metrics}
         method = row.get("method", "")
-        rep, sources = (_reported_for(reported, method, dataset, groups, metrics, stats, reason)
+        under = ours_under_protocols(grid, row) if method and reported else {}
+        rep, sources = (_reported_for(reported, method, dataset, groups, metrics, stats, reason, under)
                         if method else ({}, []))
         rows.append(Row(str(row["label"]), method, collect.is_upper_bound(row), stats, rep, sources))
 
@@ -212,9 +221,11 @@ def _reported_text(rep: Reported | None, delta: str) -> str:
     if rep is None:
         return ""
     unit = f" {rep.units}" if rep.units == "mm" else ""
+    own = f"; ours under it {_fmt(rep.ours_under_protocol)}" if rep.ours_under_protocol is not None else ""
+    proto = f" [{rep.protocol}{own}]" if rep.protocol else ""
     if rep.diff is None:
-        return f"{_fmt(rep.value)}{unit} ({rep.note})"
-    return f"{_fmt(rep.value)} ({delta} {_fmt(rep.diff, signed=True)})"
+        return f"{_fmt(rep.value)}{unit}{proto} ({rep.note})"
+    return f"{_fmt(rep.value)}{proto} ({delta} {_fmt(rep.diff, signed=True)})"
 
 
 def to_markdown(t: Table) -> str:
@@ -324,7 +335,8 @@ def to_html(t: Table) -> str:
 
 
 CSV_FIELDS = ("table", "dataset", "checkpoint", "row", "method", "labeled", "metric", "unit", "mean", "std",
-              "n_seeds", "reported", "reported_units", "reported_source", "diff", "note")
+              "n_seeds", "reported", "reported_units", "reported_source", "reported_protocol",
+              "ours_under_protocol", "diff", "note")
 
 
 def to_csv(t: Table) -> str:
@@ -343,6 +355,9 @@ def to_csv(t: Table) -> str:
                         "reported": "" if rep is None else repr(rep.value),
                         "reported_units": "" if rep is None else rep.units,
                         "reported_source": "" if rep is None else rep.source,
+                        "reported_protocol": "" if rep is None else rep.protocol,
+                        "ours_under_protocol": "" if rep is None or rep.ours_under_protocol is None
+                        else repr(rep.ours_under_protocol),
                         "diff": "" if rep is None or rep.diff is None else repr(rep.diff),
                         "note": "" if rep is None else rep.note})
     return buf.getvalue()
