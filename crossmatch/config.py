@@ -79,6 +79,9 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
                          "at most the patch = train.crop)"),
         "val_stride": (None, "3D stride during validation (default: half the patch, for speed)"),
         "val_cases": (0, "validate on the first N validation cases only (0: all)"),
+        "precision": ("train", "autocast precision of validation and test inference: train (the run's "
+                               "train.precision on the evaluating device) | auto | fp32 | bf16 | fp16"),
+        "window_batch": (4, "3D: sliding windows per forward pass"),
         "interpolation": ("linear", "2D: slices resized to the training size and back, linear (probabilities "
                                     "resized back, argmax at full size) | nearest (the SSL4MIS/CrossMatch "
                                     "test.py: order-0 zoom of the slice and of the label map)"),
@@ -171,6 +174,10 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     t["poly_iterations"] = t["poly_iterations"] or t["iterations"]
     if t["precision"] not in PRECISIONS + (LEGACY_AMP,):
         raise ConfigError(f"train.precision must be one of {list(PRECISIONS)}, got {t['precision']!r}")
+    if cfg["eval"]["precision"] not in ("train", *PRECISIONS):
+        raise ConfigError(f"eval.precision must be one of {['train', *PRECISIONS]}, got {cfg['eval']['precision']!r}")
+    if cfg["eval"]["window_batch"] < 1:
+        raise ConfigError(f"eval.window_batch must be >= 1, got {cfg['eval']['window_batch']}")
     if t["optimizer"] not in ("sgd", "adamw"):
         raise ConfigError(f"train.optimizer must be sgd or adamw, got {t['optimizer']!r}")
     for key in ("iterations", "batch_size", "ckpt_every", "log_every"):

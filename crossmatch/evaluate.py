@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .data.h5 import read_case
 from .data.specs import DatasetSpec, get_spec
 from .data.splits import case_id
-from .factories import make_model, pick_device, splits_for
+from .factories import Precision, make_model, pick_device, pick_precision, splits_for
 from .errors import DataError
 from .inference import predict_slices_2d, sliding_window_3d
 from .io import atomic_path, write_json
@@ -32,21 +32,34 @@ from .layout import EVAL_CHECKPOINTS, Run
 from .metrics import EMPTY_POLICY, METRIC_KEYS, case_metrics, dice, summarise
 
 
+def eval_precision(cfg: dict[str, Any], device: torch.device) -> Precision:
+    """What inference computes in: ``eval.precision`` (``train``: the run's
+    ``train.precision``) on ``device``. Run configs written before the key
+    existed were evaluated in fp32."""
+    name = cfg["eval"].get("precision", "fp32")
+    if name == "train":
+        name = cfg["train"].get("precision", "fp32")
+    return pick_precision(name, device)
+
+
 def predict_volume(model: torch.nn.Module, image: np.ndarray, spec: DatasetSpec, cfg: dict[str, Any],
                    device: torch.device, stride: list[int] | None = None) -> np.ndarray:
     """Label map of one case, shaped as its label: 2D slice by slice at the
     training size (a single RGB image H x W x 3 is one slice), 3D by sliding
     window (patch = training crop, stride = ``stride`` or the configured test
-    stride), softmax averaged over overlaps."""
+    stride, ``eval.window_batch`` windows per pass), softmax averaged over
+    overlaps; forward passes under ``eval_precision``."""
     crop = tuple(cfg["train"]["crop"])
+    autocast = eval_precision(cfg, device).autocast
     if spec.dim == 2:
         # run configs written before eval.interpolation existed were evaluated linearly
         pred = predict_slices_2d(model, image, crop, spec.n_classes, device,
-                                 interpolation=cfg["eval"].get("interpolation", "linear"))
+                                 interpolation=cfg["eval"].get("interpolation", "linear"), autocast=autocast)
         # channels (a trailing axis) are not part of the label's shape
         return pred.reshape(image.shape[:-1] if spec.in_channels > 1 else image.shape)
     return sliding_window_3d(model, image, crop, tuple(stride or cfg["eval"]["stride"]),
-                             spec.n_classes, device)
+                             spec.n_classes, device, batch_size=cfg["eval"].get("window_batch", 1),
+                             autocast=autocast)
 
 
 def mean_dice(model: torch.nn.Module, spec: DatasetSpec, cfg: dict[str, Any], files: list[Path],
@@ -109,6 +122,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "final", device: str = "
         "selection": ("last iteration" if checkpoint == "final" else "best validation mean Dice"
                       if cfg["train"]["val_every"] else "final weights (validation disabled)"),
         "split": "test", "n_test_cases": len(files), "class_names": list(spec.class_names),
+        "eval_precision": f"{eval_precision(cfg, dev).name} on {dev.type}",
         "units": {"dice": "fraction", "jaccard": "fraction", "hd95_vox": "voxel", "asd_vox": "voxel",
                   "hd95_mm": "mm", "asd_mm": "mm"},
         "spacing_known": spec.spacing is not None, "empty_policy": EMPTY_POLICY,

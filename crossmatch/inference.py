@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Iterator, Sequence
+from typing import Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -69,9 +69,12 @@ def _check_int_tuple(value: Sequence[int], length: int, name: str) -> tuple[int,
     return tuple(int(v) for v in items)
 
 
-def _run_model(model: torch.nn.Module, x: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Forward pass returning softmax probabilities; checks the logits' shape."""
-    logits = model(x)
+def _run_model(model: torch.nn.Module, x: torch.Tensor, n_classes: int,
+               autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor:
+    """Forward pass (under ``autocast()``) returning float32 softmax
+    probabilities; checks the logits' shape."""
+    with autocast():
+        logits = model(x)
     if not isinstance(logits, torch.Tensor):
         raise ValueError(
             f"model must return a logits tensor, got {type(logits).__name__} "
@@ -91,6 +94,7 @@ def predict_slices_2d(
     device: DeviceLike,
     batch_size: int = 16,
     interpolation: str = "linear",
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
 ) -> np.ndarray:
     """Slice-wise 2D prediction of a volume or image.
 
@@ -107,6 +111,8 @@ def predict_slices_2d(
         interpolation: ``linear`` (as below) or ``nearest``, the SSL4MIS /
             CrossMatch ``test.py``: each slice zoomed with ``order=0`` and the
             label map zoomed back with ``order=0``.
+        autocast: context of the forward passes (``factories.Precision.autocast``:
+            bf16 / fp16 autocast, or none for fp32); probabilities are float32.
 
     Returns:
         uint8 label map S x H x W with values in [0, n_classes).
@@ -158,7 +164,7 @@ def predict_slices_2d(
             batch = np.stack(slices)  # B x h x w [x 3]
             batch = batch.transpose(0, 3, 1, 2) if rgb else batch[:, None]
             x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
-            probs = _run_model(model, x, n_classes)
+            probs = _run_model(model, x, n_classes, autocast)
             if resize and order == 0:
                 labels = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
                 for j, lab in enumerate(labels):
@@ -187,6 +193,7 @@ def sliding_window_3d(
     n_classes: int,
     device: DeviceLike,
     batch_size: int = 1,
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
 ) -> np.ndarray:
     """Sliding-window 3D prediction, following UA-MT's ``test_single_case``.
 
@@ -199,6 +206,7 @@ def sliding_window_3d(
         device: where the inputs and the accumulators live; the model must
             already be there.
         batch_size: windows per forward pass.
+        autocast: context of the forward passes, as for ``predict_slices_2d``.
 
     Axes smaller than the patch are zero-padded symmetrically (extra voxel on
     the right), windows start at ``min(stride*i, size-patch)`` for
@@ -236,7 +244,7 @@ def sliding_window_3d(
         for b in range(0, len(origins), batch_size):
             chunk = origins[b : b + batch_size]
             batch = np.stack([padded[z : z + pd_, y : y + ph, x : x + pw] for z, y, x in chunk])
-            probs = _run_model(model, torch.from_numpy(batch[:, None]).to(device), n_classes)
+            probs = _run_model(model, torch.from_numpy(batch[:, None]).to(device), n_classes, autocast)
             for (z, y, x), p in zip(chunk, probs):
                 score[:, z : z + pd_, y : y + ph, x : x + pw] += p
                 count[z : z + pd_, y : y + ph, x : x + pw] += 1

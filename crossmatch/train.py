@@ -109,6 +109,8 @@ class CsvLog:
 # keys that may change between an interrupted run and its resumption
 RESUME_FREE_KEYS = {"num_workers", "device", "threads", "log_every", "tune_allocator", "val_every",
                     "ckpt_every", "snapshots"}
+# eval keys that do not change training (inference numerics and batching only)
+EVAL_RESUME_FREE_KEYS = {"precision", "window_batch"}
 
 
 def _resume_conflict(old: dict[str, Any], new: dict[str, Any]) -> str | None:
@@ -118,7 +120,7 @@ def _resume_conflict(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     config.migrate(old)
     for section in ("dataset", "model", "method", "train", "eval"):
         for key in sorted(set(old.get(section, {})) | set(new.get(section, {}))):
-            if section == "train" and key in RESUME_FREE_KEYS:
+            if section == "train" and key in RESUME_FREE_KEYS or section == "eval" and key in EVAL_RESUME_FREE_KEYS:
                 continue
             a, b = old.get(section, {}).get(key), new.get(section, {}).get(key)
             if section == "train" and key == "precision" and a is not None and b is not None:
