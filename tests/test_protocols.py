@@ -14,7 +14,7 @@ from crossmatch.evaluate import evaluate_run
 from crossmatch.layout import Run
 from crossmatch.protocols import choose, score_run
 from crossmatch.report.evidence import (not_comparable, paired_table, protocol_table, reproduction_table,
-                                        verdict, write_evidence)
+                                        to_csv, to_markdown, verdict, write_evidence)
 from crossmatch.train import train
 
 from conftest import tiny_overrides
@@ -191,6 +191,17 @@ def test_reproduction_table_verdicts(tmp_path):
     grid = _grid(tmp_path / "tol")
     grid["reproduction_tolerance"] = 2.5
     assert reproduction_table(grid, "acdc").rows[0][6] == "reproduced"
+
+
+def test_reproduction_table_of_a_dataset_no_source_reports(tmp_path):
+    grid = _grid(tmp_path)
+    grid["tables"][0]["dataset"] = "pancreas"
+    t = reproduction_table(grid, "pancreas")
+    assert t.rows == [] and "reports a Dice for PANCREAS" in t.caption
+    assert "(none)" in to_markdown(t)
+    # the tidy CSV keeps its columns with no rows, so readers of it do not break
+    assert to_csv(t).splitlines() == ["table,method,labeled,reported,protocol,ours_protocol,ours_mean,n_seeds,"
+                                      "diff,verdict,source"]
 
 
 @pytest.mark.parametrize("synthetic, paper, reason", [(True, True, "synthetic phantom data"),

@@ -44,6 +44,7 @@ class TextTable:
     header: list[str]
     rows: list[list[str]]
     records: list[dict[str, Any]] = field(default_factory=list)   # the tidy CSV
+    fields: list[str] = field(default_factory=list)   # its columns, also when it has no rows
 
 
 # ------------------------------------------------------------------ reading
@@ -218,6 +219,8 @@ def reproduction_table(grid: dict[str, Any], dataset: str) -> TextTable:
     reason = not_comparable(grid, dataset)
     header = ["Method", "labeled", "reported Dice (%)", "its protocol", "ours under it (%)", "Δ", "verdict",
               "source"]
+    fields = ["table", "method", "labeled", "reported", "protocol", "ours_protocol", "ours_mean", "n_seeds", "diff",
+              "verdict", "source"]
     rows, records = [], []
     for r in reported:
         protocol = r.get("protocol") or "unknown"
@@ -244,8 +247,10 @@ def reproduction_table(grid: dict[str, Any], dataset: str) -> TextTable:
                f"source does not state its protocol). Verdict: reproduced when |Δ| <= {tol:g} Dice points "
                "(reproduction_tolerance), not reproduced otherwise; not comparable (no Δ) when the data or "
                f"the schedule differ from the paper's. Our schedule: {schedule_text(grid, dataset)}."
+               + ("" if reported else f" No source in {Path(str(grid.get('reported', 'the reported results'))).name} "
+                  f"reports a Dice for {dataset.upper()}.")
                + _synthetic_note(grid, dataset))
-    return TextTable(f"reproduction_{dataset}", caption, header, rows, records)
+    return TextTable(f"reproduction_{dataset}", caption, header, rows, records, fields)
 
 
 # ------------------------------------------------------------------ rendering
@@ -273,7 +278,7 @@ def to_html(t: TextTable) -> str:
 
 def to_csv(t: TextTable) -> str:
     buf = io.StringIO()
-    fields = list(dict.fromkeys(k for r in t.records for k in r)) or ["table"]
+    fields = list(dict.fromkeys([*t.fields, *(k for r in t.records for k in r)])) or ["table"]
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     w.writerows(t.records)
