@@ -3,6 +3,10 @@
 import csv
 import json
 import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -267,3 +271,23 @@ def test_eval_precision_follows_the_run_and_is_recorded(acdc_root, tmp_path):
     assert evaluate_run(tmp_path / "run", "final", save_predictions=False)["eval_precision"] == "fp32 on cpu"
     with pytest.raises(Exception, match="eval.precision must be one of"):
         config.resolve({**tiny_overrides(acdc_root), "eval": {"precision": "half"}})
+
+
+def test_committed_acdc_tier_tables_are_what_the_code_makes_of_its_runs(tmp_path):
+    """The evidence committed under benchmarks/results/acdc_cpu_tier (and quoted
+    in the README and docs/results.md) regenerates byte for byte from its
+    committed runs with the current code: a change to the tables' code or to
+    the runs that alters a number shows here."""
+    repo = Path(__file__).resolve().parents[1]
+    src = repo / "benchmarks/results/acdc_cpu_tier"
+    dest = tmp_path / "tier"
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("tables", "figures"))
+    r = subprocess.run([sys.executable, str(repo / "benchmarks/collect_tier.py"), "--tables", str(dest)],
+                       capture_output=True, text=True, cwd=repo)
+    assert r.returncode == 0, r.stderr[-3000:]
+    names = sorted(p.name for p in (src / "tables").glob("*.md"))
+    assert {"comparison_acdc.md", "comparison_acdc_final.md", "protocols_acdc.md", "paired_acdc.md",
+            "reproduction_acdc.md"} <= set(names)
+    for name in names:
+        assert (dest / "tables" / name).read_text() == (src / "tables" / name).read_text(), name
+    assert "| crossmatch | supervised | +8.26 [+3.18, +13.59] ★ |" in (src / "tables/paired_acdc.md").read_text()
