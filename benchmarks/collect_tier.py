@@ -7,12 +7,13 @@ tables from what was committed (no training, no evaluation).
   python benchmarks/collect_tier.py --tables benchmarks/results/acdc_cpu_tier
 
 Collected per run: config.yaml, experiment.yaml, log.csv,
-eval/{best,final}/{summary.json,metrics_per_case.csv} and
+eval/{best,final}/{summary.json,metrics_per_case.csv}, and for the runs of
+a comparison table (the workflow analyses only those) also
 eval/protocols/{curve.csv,summary.json}; and the workflow's grid.json. The
-tables (comparison_<dataset> under best and final, and the evidence of
-crossmatch.report.evidence) go to <dest>/tables, the protocol-curve figure
-to <dest>/figures. A run without its protocol analysis stops the collection
-with its path.
+tables (comparison_<dataset> under best and final, the ablations, and the
+evidence of crossmatch.report.evidence) go to <dest>/tables, the
+protocol-curve figure to <dest>/figures. A missing file stops the
+collection with its path.
 """
 from __future__ import annotations
 
@@ -25,14 +26,19 @@ from pathlib import Path
 from crossmatch.report import main as report_main
 
 FILES = ("config.yaml", "experiment.yaml", "log.csv", "eval/best/summary.json", "eval/best/metrics_per_case.csv",
-         "eval/final/summary.json", "eval/final/metrics_per_case.csv", "eval/protocols/curve.csv",
-         "eval/protocols/summary.json")
+         "eval/final/summary.json", "eval/final/metrics_per_case.csv")
+PROTOCOL_FILES = ("eval/protocols/curve.csv", "eval/protocols/summary.json")
+
+
+def table_ids(table: dict) -> list[str]:
+    return [i for row in table["rows"] for c in row["cells"].values() for i in c]
 
 
 def collect(src: Path, dest: Path) -> None:
     grid = json.loads((src / "grid.json").read_text())
+    analysed = {i for t in grid["tables"] if t["kind"] == "comparison" for i in table_ids(t)}
     for rid in grid["experiments"]:
-        for name in FILES:
+        for name in FILES + (PROTOCOL_FILES if rid in analysed else ()):
             f = src / "runs" / rid / name
             if not f.is_file():
                 sys.exit(f"{f} not found: finish the workflow (all_tables) before collecting")
@@ -46,7 +52,7 @@ def tables(dest: Path) -> None:
     grid = json.loads((dest / "grid.json").read_text())
     g = str(dest / "grid.json")
     for t in grid["tables"]:
-        ids = [i for row in t["rows"] for c in row["cells"].values() for i in c]
+        ids = table_ids(t)
         for ckpt in ("best", "final"):
             runs = [str(dest / "runs" / i / "eval" / ckpt / "summary.json") for i in ids]
             suffix = "" if ckpt == "best" else "_final"

@@ -66,7 +66,8 @@ ALLOCATORS = {
 
 
 def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, device: str,
-            tune: bool, batch_size: int | None = None, crop: list[int] | None = None) -> dict:
+            tune: bool, batch_size: int | None = None, crop: list[int] | None = None,
+            precision: str = "auto") -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -84,12 +85,15 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
     shape.update({k: v for k, v in (("batch", batch_size), ("crop", crop)) if v})
     cfg = config.resolve({"dataset": {"name": dataset}, "method": method_cfg, "model": model_cfg,
                           "train": {"batch_size": shape["batch"], "crop": shape["crop"], "device": device,
+                                    "precision": precision,
                                     "tune_allocator": False}})  # tuned above, when asked
     spec = get_spec(dataset)
     # the trainer's own build and step (seed 0), on synthetic batches: no data, no run folder
     trainer = Trainer(cfg, "unused", check_data=False)
     trainer.build()
     dev = trainer.device
+    if dev.type == "cuda":  # this variant's own peak (gpu_check.py runs them in one process)
+        torch.cuda.reset_peak_memory_stats()
     b, crop = shape["batch"], shape["crop"]
     batch = {"x": torch.rand(b, 1, *crop, device=dev), "y": _rings(b, crop, spec.n_classes).to(dev),
              "u": torch.rand(b, 1, *crop, device=dev), "u_mix": torch.rand(b, 1, *crop, device=dev)}
@@ -129,7 +133,7 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
            "crop": crop, "seconds_per_iter": seconds, "seconds_all": times,
            "gflop_per_iter": gflop, "gflop_per_s": gflop / seconds,
            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
-           "device": str(dev), "threads": threads}
+           "device": str(dev), "threads": threads, "precision": trainer.precision.name}
     if dev.type == "cuda":
         out["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
         out["gpu"] = torch.cuda.get_device_name()
@@ -189,12 +193,14 @@ def main() -> None:
     p.add_argument("--crop", type=int, nargs="+", default=None, help="patch size (default: the "
                    "reference's, ACDC 256 256, LA 112 112 80)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="train.precision (auto: fp32 on CPU, bf16 on CUDA where the GPU has it)")
     p.add_argument("--out", type=Path)
     p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.single:
         print(json.dumps(run_one(a.dataset, a.variants[0], a.iters, a.warmup, a.threads, a.device, a.tune,
-                                 a.batch, a.crop)))
+                                 a.batch, a.crop, a.precision)))
         return
     import torch
     results = []
@@ -208,7 +214,7 @@ def main() -> None:
             env = {**os.environ, **alloc_env, "PYTHONPATH": str(REPO)}
             cmd = [sys.executable, __file__, "--single", "--dataset", a.dataset, "--variants", variant,
                    "--iters", str(a.iters), "--warmup", str(a.warmup), "--threads", str(a.threads),
-                   "--device", a.device] + (["--tune"] if tune else []) + \
+                   "--device", a.device, "--precision", a.precision] + (["--tune"] if tune else []) + \
                 (["--batch", str(a.batch)] if a.batch else []) + \
                 (["--crop", *map(str, a.crop)] if a.crop else [])
             res = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -295,7 +295,7 @@ class Trainer:
                                 t["batch_size"], tuple(t["crop"]), self.spec.n_classes, t["seed"],
                                 t["interpolation"])
         stop = t["iterations"] if stop_after is None else min(t["iterations"], self.start + stop_after)
-        loader = iteration_loader(data, self.start, stop, t["num_workers"])
+        loader = iteration_loader(data, self.start, stop, t["num_workers"], pin_memory=self.device.type == "cuda")
 
         self.method.train()
         bar = tqdm(total=t["iterations"], initial=self.start, desc=exp, unit="it", dynamic_ncols=True)

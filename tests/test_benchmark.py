@@ -112,3 +112,29 @@ def test_reference_comparison_joins_summaries_of_seeds_run_apart(tmp_path):
     assert row["ours"] == {"0": 0.4, "1": 0.5, "2": 0.6} and row["ours_mean"] == pytest.approx(0.5)
     res = subprocess.run([sys.executable, str(script), f"{a},{a}", ref], capture_output=True, text=True)
     assert res.returncode != 0 and "seed 0 given twice" in res.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_answers_every_question_and_resumes_exactly(tmp_path):
+    """benchmarks/gpu_check.py waits for a GPU that most sessions never get:
+    its ``--smoke`` run on the CPU must fill every section (a step row per
+    method x precision, stacked and looped; an inference row per precision
+    and window batch; the command line trained, resumed and evaluated), and
+    the resumed run's weights equal the uninterrupted run's (exact on CPU)."""
+    out = tmp_path / "gpu_check.json"
+    res = subprocess.run([sys.executable, str(SCRIPT.parent / "gpu_check.py"), "--smoke", "--iters", "1",
+                          "--warmup", "0", "--reps", "1", "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == {} and doc["smoke"] is True
+    steps = {(r["dataset"], r["variant"], r["precision"]) for r in doc["steps"]}
+    for dataset, extra in (("acdc", "semsim"), ("la", "simcvd")):
+        for variant in ("network", "supervised", "crossmatch", "crossmatch_looped", extra):
+            assert {(dataset, variant, p) for p in ("fp32", "bf16")} <= steps
+    assert all(r["seconds_per_iter"] > 0 and r["gflop_per_iter"] > 0 for r in doc["steps"])
+    la = [r for r in doc["inference"] if r["dataset"] == "la"]
+    assert {(r["precision"], r["window_batch"]) for r in la} == {(p, b) for p in ("fp32", "bf16") for b in (1, 4, 16)}
+    assert [r["dataset"] for r in doc["end_to_end"]] == ["acdc", "la"]
+    for r in doc["end_to_end"]:
+        assert r["resumed_max_abs_weight_diff"] == 0.0
+        assert r["train_precision"] == "fp32 on cpu" and 0.0 <= r["test_dice"] <= 1.0

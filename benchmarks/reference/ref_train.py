@@ -11,7 +11,10 @@ budget, and keep what our evaluator needs, without editing the script:
   ``<out>/snapshots/iter_NNNNN.pt``, and ``<out>/log.csv`` gets a row
   (iteration, lr, cumulative seconds);
 - the script is stopped by its own ``--max-iters`` (cpu.patch), which also
-  skips its epoch-end evaluation on the val+test list.
+  skips its epoch-end evaluation on the val+test list;
+- ``--sampler-seed S`` gives every ``DistributedSampler`` the seed S (the
+  script leaves it at torch's default 0, so its data order is the same for
+  every ``--seed``); without it the script's order is untouched.
 
   python ref_train.py --budget 1500 --out DIR -- train_cross_match.py --config ... --seed 0 ...
 
@@ -34,6 +37,8 @@ p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--budget", type=int, required=True)
 p.add_argument("--out", type=Path, required=True)
 p.add_argument("--snapshot-every", type=int, default=100)
+p.add_argument("--sampler-seed", type=int, default=None,
+               help="seed of the script's DistributedSamplers (default: theirs, 0)")
 p.add_argument("script", nargs=argparse.REMAINDER)
 args = p.parse_args()
 script = [a for a in args.script if a != "--"]
@@ -77,6 +82,15 @@ class BudgetSGD(torch.optim.SGD):
 
 
 torch.optim.SGD = BudgetSGD
+
+if args.sampler_seed is not None:  # the data order, otherwise fixed whatever --seed says
+    _sampler_init = torch.utils.data.distributed.DistributedSampler.__init__
+
+    def _seeded(self, *a, **k):
+        k["seed"] = args.sampler_seed
+        _sampler_init(self, *a, **k)
+
+    torch.utils.data.distributed.DistributedSampler.__init__ = _seeded
 sys.argv = script + ["--max-iters", str(args.budget)]
 sys.path.insert(0, os.path.dirname(os.path.abspath(script[0])))  # as `python script` would
 runpy.run_path(script[0], run_name="__main__")

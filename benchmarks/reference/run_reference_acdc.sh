@@ -8,6 +8,8 @@
 # every 100 iterations (ref_train.py), then best-on-validation / final test scores
 # (evaluate_reference.py); finished runs are skipped. THREADS (default 2) and
 # WORKERS (data-loader processes per loader, default 1) size it for this machine.
+# SAMPLER_SEED=k gives the script's DistributedSamplers the seed k + the run's seed
+# (as shipped they use 0 whatever --seed is: one data order for every seed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PROJECT=$PWD
@@ -15,6 +17,7 @@ HARNESS=${HARNESS:-$PROJECT/../shared/harness/reference-cpu}
 WORK=${WORK:-${TMPDIR:-/tmp}/refcpu}
 SEEDS=${SEEDS:-0}; METHODS=${METHODS:-crossmatch}
 THREADS=${THREADS:-2}; WORKERS=${WORKERS:-1}; BUDGET=${BUDGET:-1500}
+SAMPLER_SEED=${SAMPLER_SEED:-}
 RUNS=${RUNS:-results/runs/acdc_l3_cpu_reference}
 OUT=${OUT:-benchmarks/results/$(basename "$RUNS").json}
 PY=$PROJECT/.venv/bin/python
@@ -30,13 +33,14 @@ for seed in $SEEDS; do
     case $method in crossmatch) script=train_cross_match.py;; supervised) script=supervised.py;;
       *) echo "no reference script for $method" >&2; exit 1;; esac
     run=$PROJECT/$RUNS/$method/s$seed
+    order=(); [ -z "$SAMPLER_SEED" ] || order=(--sampler-seed $((SAMPLER_SEED + seed)))
     if [ ! -f "$run/snapshots/iter_$(printf %05d "$BUDGET").pt" ]; then
       rm -rf "$run"; mkdir -p "$run"
       port=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
       echo "[$(date +%T)] reference $method seed $seed -> $run"
       (cd "$R" && env MASTER_ADDR=127.0.0.1 MASTER_PORT=$port RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 \
         OMP_NUM_THREADS=$THREADS REF_THREADS=$THREADS REF_NUM_WORKERS=$WORKERS PYTHONPATH="$WORK/pylib" \
-        "$PY" -W ignore "$PROJECT/benchmarks/reference/ref_train.py" --budget "$BUDGET" --out "$run" -- \
+        "$PY" -W ignore "$PROJECT/benchmarks/reference/ref_train.py" --budget "$BUDGET" --out "$run" "${order[@]}" -- \
         "$script" --config "$WORK/cfg/b4_128.yaml" --labeled-id-path splits/acdc/3/labeled.txt \
         --unlabeled-id-path splits/acdc/3/unlabeled.txt --save-path "$run/ref" --seed "$seed") \
         > "$run/train.log" 2>&1 || { echo "reference run failed, see $run/train.log" >&2; exit 1; }

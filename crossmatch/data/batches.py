@@ -73,10 +73,13 @@ class IterationBatches(Dataset):
         return batch
 
 
-def iteration_loader(dataset: IterationBatches, start: int, stop: int, workers: int) -> DataLoader:
-    """Batches ``start .. stop-1`` in order, prepared by ``workers`` processes."""
+def iteration_loader(dataset: IterationBatches, start: int, stop: int, workers: int,
+                     pin_memory: bool = False) -> DataLoader:
+    """Batches ``start .. stop-1`` in order, prepared by ``workers`` processes
+    (``pin_memory``: in page-locked memory, so that the copy to a GPU can
+    overlap the step)."""
     # an own generator: the loader must not draw its worker seed from the global
     # RNG, or a resumed run's dropout masks would shift
     gen = torch.Generator().manual_seed(dataset.seed)
     return DataLoader(dataset, batch_size=None, sampler=range(start, stop), num_workers=workers,
-                      prefetch_factor=2 if workers else None, generator=gen)
+                      prefetch_factor=2 if workers else None, generator=gen, pin_memory=pin_memory)

@@ -233,6 +233,7 @@ inject_faults() {
             [ -e "$d/checkpoints/final.pt" ] || [ "$exp" = "$cancelled" ] && continue
             jid=$(running_train_job "$exp")
             [ -n "$jid" ] || continue
+            far_from_the_end "$d" "$latest" || continue
             if [ -z "$cancelled" ]; then
                 timeout 10 scancel "$jid" && cancelled=$exp && echo "$jid $exp" > "$T/cancelled.txt"
                 log "fault: scancel $jid ($exp, checkpoint at iteration $(latest_iteration "$latest"))"
@@ -251,6 +252,15 @@ inject_faults() {
             | xargs -r -I{} timeout 10 scontrol update JobId={} StartTime=now
         sleep 1
     done
+}
+far_from_the_end() {  # far_from_the_end RUN LATEST: two checkpoints or more still to come, so the job
+    # is still training when the fault lands (a checkpoint of its last iteration resumes nothing)
+    "$PYTHON" - "$1/experiment.yaml" "$2" <<'PY' 2>/dev/null
+import sys, torch, yaml
+t = yaml.safe_load(open(sys.argv[1]))["train"]
+it = torch.load(sys.argv[2], map_location="cpu", weights_only=False)["iteration"]
+sys.exit(0 if it + 2 * t["ckpt_every"] <= t["iterations"] else 1)
+PY
 }
 latest_iteration() {
     "$PYTHON" -c 'import sys, torch; print(torch.load(sys.argv[1], weights_only=False)["iteration"])' "$1" \
