@@ -12,6 +12,7 @@ Variants, all on the same network and the same labeled batch:
   crossmatch_one_backward  stacked streams, one backward of the total loss (the
                            reference code's memory pattern)
   crossmatch_looped        decoder called once per stream instead of stacked
+  unimatch                 UniMatch, same batches
   semsim                   SemSim (2D datasets only), same batches
   simcvd                   SimCVD (3D datasets only): labeled + unlabeled
 
@@ -52,6 +53,7 @@ VARIANTS = {
     "crossmatch": ({"name": "crossmatch"}, {}),
     "crossmatch_one_backward": ({"name": "crossmatch", "split_backward": False}, {}),
     "crossmatch_looped": ({"name": "crossmatch"}, {"stack_streams": False}),
+    "unimatch": ({"name": "unimatch"}, {}),
     "semsim": ({"name": "semsim"}, {}),
     "simcvd": ({"name": "simcvd"}, {}),
 }

@@ -16,7 +16,8 @@ from crossmatch.models.unet2d import UNet2d
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_benchmark.py"
 
 
-@pytest.mark.parametrize("variant", ["network", "supervised", "crossmatch", "crossmatch_looped", "semsim"])
+@pytest.mark.parametrize("variant", ["network", "supervised", "crossmatch", "crossmatch_looped", "unimatch",
+                                     "semsim"])
 def test_step_benchmark_variant_reports_a_timed_step(variant, tmp_path):
     r = _single(variant)
     assert r["variant"] == variant and r["crop"] == [256, 256]
@@ -129,7 +130,7 @@ def test_gpu_check_smoke_answers_every_question_and_resumes_exactly(tmp_path):
     assert doc["errors"] == {} and doc["smoke"] is True
     steps = {(r["dataset"], r["variant"], r["precision"]) for r in doc["steps"]}
     for dataset, extra in (("acdc", "semsim"), ("la", "simcvd")):
-        for variant in ("network", "supervised", "crossmatch", "crossmatch_looped", extra):
+        for variant in ("network", "supervised", "crossmatch", "crossmatch_looped", "unimatch", extra):
             assert {(dataset, variant, p) for p in ("fp32", "bf16")} <= steps
     assert all(r["seconds_per_iter"] > 0 and r["gflop_per_iter"] > 0 for r in doc["steps"])
     la = [r for r in doc["inference"] if r["dataset"] == "la"]

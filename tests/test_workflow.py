@@ -65,12 +65,13 @@ def test_paper_grid_dry_run_counts_jobs_per_rule(workdir: Path) -> None:
     n = job_counts(r.stdout)
     cfg = yaml.safe_load((REPO / "config/paper.yaml").read_text())
     seeds = len(cfg["seeds"])
-    # per dataset: supervised, crossmatch and semsim (2D) or simcvd (3D) per labeled count + full
-    assert [d["methods"][2] for d in cfg["datasets"].values()] == ["semsim", "simcvd", "simcvd", "semsim"]
-    comparison = sum(len(d["labeled"]) * 3 + 1 for d in cfg["datasets"].values())
+    # per dataset: supervised, crossmatch, unimatch and semsim (2D) or simcvd (3D) per labeled count + full
+    assert [d["methods"][2:4] for d in cfg["datasets"].values()] == [
+        ["unimatch", "semsim"], ["unimatch", "simcvd"], ["unimatch", "simcvd"], ["unimatch", "semsim"]]
+    comparison = sum(len(d["labeled"]) * 4 + 1 for d in cfg["datasets"].values())
     # ablation variants equal to a default run share it: one run per distinct setting
     ablation = 2 * ((5 - 1) + (7 - 1) + (3 - 1) + (2 - 1) + (3 - 1))
-    assert n["experiment"] == n["train"] == n["evaluate"] == seeds * (comparison + ablation) == 219
+    assert n["experiment"] == n["train"] == n["evaluate"] == seeds * (comparison + ablation) == 258
     assert n["table"] == 4 + len(cfg["ablations"]) == 14
     # the protocol analysis of every comparison run, the evidence tables per dataset
     assert n["protocols"] == seeds * comparison and n["evidence"] == 4
@@ -196,7 +197,7 @@ def test_default_config_end_to_end_then_partial_rerun(quick_start: Path) -> None
     for table in grid["tables"]:
         for ext in ("md", "tex", "html", "csv"):
             assert (res / "tables" / f"{table['name']}.{ext}").stat().st_size > 0
-    for dataset, extra in (("acdc", ["semsim"]), ("la", ["simcvd"]), ("pancreas", []), ("isic", [])):
+    for dataset, extra in (("acdc", ["unimatch", "semsim"]), ("la", ["simcvd"]), ("pancreas", []), ("isic", [])):
         comp = (res / f"tables/comparison_{dataset}.md").read_text()
         for method in ("supervised", "crossmatch", *extra, "fully_supervised"):
             assert method in comp, (dataset, method)

@@ -121,6 +121,23 @@ CROSSMATCH = MethodInfo(
     id_keys=("tau", "eta"), check=_check_crossmatch)
 
 
+# ---------------------------------------------------------------- UniMatch
+
+def _check_unimatch(hp: dict[str, Any]) -> None:
+    _in_range(hp, "tau", 0.0, 1.0)
+    _in_range(hp, "fp_p", 0.0, 1.0)
+
+
+UNIMATCH = MethodInfo(
+    name="unimatch", module="crossmatch.methods.unimatch", uses_unlabeled=True,
+    defaults={  # LiheYoung/UniMatch, more-scenarios/medical (configs/acdc.yaml, unimatch.py)
+        "tau": 0.95,            # confidence threshold of the pseudo-labels (conf_thresh)
+        "fp_p": 0.5,            # channel dropout of the FP stream (nn.Dropout2d(0.5); 3D: Dropout3d)
+        "split_backward": True,  # back-propagate pass 2 before pass 3 (same gradient, less memory)
+    },
+    id_keys=("tau",), check=_check_unimatch)
+
+
 # ---------------------------------------------------------------- SemSim
 
 FEATURE_SCALES = (4, 8, 16)
@@ -201,7 +218,8 @@ SIMCVD = MethodInfo(
 SUPERVISED = MethodInfo(name="supervised", module="crossmatch.methods.supervised")
 FULLY_SUPERVISED = MethodInfo(name="fully_supervised", module="crossmatch.methods.supervised", labels_all=True)
 
-METHODS: dict[str, MethodInfo] = {m.name: m for m in (CROSSMATCH, SEMSIM, SIMCVD, SUPERVISED, FULLY_SUPERVISED)}
+METHODS: dict[str, MethodInfo] = {m.name: m for m in (CROSSMATCH, UNIMATCH, SEMSIM, SIMCVD, SUPERVISED,
+                                                       FULLY_SUPERVISED)}
 
 
 def declare(info: MethodInfo) -> MethodInfo:

@@ -1,11 +1,12 @@
 """SemSim (Xie et al., 2024): weak-to-strong consistency from a semantic
 similarity perspective. 2D only.
 
-Base (UniMatch): a teacher prediction on the weak view (detached), two
-strong views (colour jitter, blur, CutMix) and a feature-perturbation (FP)
-stream: channel dropout p=0.5 on the weak view's encoder features, then the
-decoder. Unlabeled terms are Dice against hard pseudo-labels, masked where
-the teacher's confidence is below ``tau`` (UniMatch's ACDC loss).
+Base: UniMatch's step (``crossmatch.methods.unimatch``): a teacher
+prediction on the weak view (detached), two strong views (colour jitter,
+blur, CutMix) and a feature-perturbation (FP) stream: channel dropout p=0.5
+on the weak view's encoder features, then the decoder. Unlabeled terms are
+Dice against hard pseudo-labels, masked where the teacher's confidence is
+below ``tau`` (UniMatch's ACDC loss).
 
 On top, computed on the features of the spatial-aware fusion module (SFM,
 a method-owned module in ``self.extra``; evaluation uses the network only)
@@ -24,13 +25,9 @@ Loss: (L_s + w_u L_u + w_intra L_intra + w_cross L_cross) / 2 with
 L_u = 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp (UniMatch's weights within L_u);
 with w_u = 1 and no similarity terms this is exactly UniMatch's loss.
 
-One step, two passes (the graph of the first is freed before the second):
-  1. no grad, eval mode: the teacher on the CutMix source batch;
-  2. encoder on [x, u_w], decoder on [x, u_w, drop(u_w)] -> L_s, L_fp,
-     teacher p_w; prototypes from the labeled features (no grad);
-  3. ``model([u_s1, u_s2], features=True)`` -> L_s1, L_s2, L_intra, L_cross.
-All targets (pseudo-labels, teacher, prototypes) are detached, so
-back-propagating pass 2's part early gives the same gradient.
+UniMatch's step, two passes, with the hooks filled in: after pass 2 the
+prototypes from the labeled features (no grad: targets); pass 3 (``model([u_s1,
+u_s2], features=True)``) adds L_intra and L_cross to L_s1 and L_s2.
 """
 from __future__ import annotations
 
@@ -41,10 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.augment import apply_cutmix, strong_views
-from ..losses import dice_loss, masked_dice, pseudo_label, supervised_loss
-from ..models import FeatureDropout
-from .base import Method, StepContext, TwoPassBackward, mask_ratio, register, source_predictions, term_logs
+from ..losses import dice_loss
+from .base import register
+from .unimatch import UniMatch
 
 ABSENT = -1e4  # query logit of a class no labeled pixel of the batch shows
 
@@ -192,76 +188,43 @@ def stage_channels(model: nn.Module) -> list[int]:
 
 
 @register
-class SemSim(Method):
+class SemSim(UniMatch):
+    """UniMatch's step (``crossmatch.methods.unimatch``) with the two
+    similarity terms added through its hooks."""
     name = "semsim"
 
     def __init__(self, model: nn.Module, spec, hp: dict):
         super().__init__(model, spec, hp)
         self.grid = math.isqrt(hp["n_regions"])
-        self.fp_drop = FeatureDropout(hp["fp_p"])  # parameter-free, always active
         # decoder stages 2-4 (1/4, 1/2, 1/1 of the input) feed the SFM
         self.extra["sfm"] = SpatialFusion(stage_channels(model)[1:], hp["sfm_dim"], hp["sfm_window"],
                                           hp["sfm_heads"])
 
     def weights(self, iteration: int) -> dict[str, float]:
-        """Linear weight of every named loss term (constant over iterations)."""
-        hp = self.hp
-        w = {"sup": 1.0, "u_s1": 0.25 * hp["w_u"], "u_s2": 0.25 * hp["w_u"], "u_fp": 0.5 * hp["w_u"],
-             "intra": hp["w_intra"], "cross": hp["w_cross"]}
-        return {k: v / 2 for k, v in w.items()}
+        """UniMatch's terms and the two similarity terms (constant over iterations)."""
+        return {**super().weights(iteration), "intra": self.hp["w_intra"] / 2, "cross": self.hp["w_cross"] / 2}
 
     def features(self, stages: list[torch.Tensor], spatial: Sequence[int]) -> torch.Tensor:
         size = tuple(s // self.hp["feature_scale"] for s in spatial)
         return self.extra["sfm"](stages[1:], size)
 
-    def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
-        model, hp, tau, temp = self.model, self.hp, self.hp["tau"], self.hp["temperature"]
-        dice = dict(from_class=self.spec.dice_from_class, smooth=self.spec.dice_smooth)
-        x, y, u, u_mix = batch["x"], batch["y"], batch["u"], batch["u_mix"]
-        nx, n, spatial = len(x), len(u), tuple(u.shape[2:])
-        strong, boxes = strong_views(u, u_mix, ctx.gen, 2, self.spec.intensity_range)
-
-        # 1. teacher on the CutMix source batch, for the mixed regions of the pseudo-labels
-        (mix,) = source_predictions(model, u_mix, ctx)
-
-        # 2. labeled + weak view + FP stream: one encoder pass, one stacked decoder pass
-        terms: dict[str, torch.Tensor] = {}
-        with ctx.autocast():
-            feats = [torch.cat((f, self.fp_drop(f[nx:]))) for f in model.encoder(torch.cat((x, u)))]
-            logits, stages = model.decoder(feats, return_features=True, drop=False)  # a stacked stream batch
-        pred_x, pred_w, pred_fp = logits.split([nx, n, n])
-        ce, dice_x = supervised_loss(pred_x, y, **dice)
-        terms["sup"] = (ce + dice_x) / 2
-        p_w = pred_w.detach().float().softmax(1)
-        conf_w, y_w = pseudo_label(p_w)
-        terms["u_fp"] = masked_dice(pred_fp, y_w, conf_w, tau, **dice)
-        # prototypes are targets: detached, so this pass's graph can go now
+    def first_pass(self, stages, y, spatial, ctx):
+        """Class prototypes of the labeled features: targets, so detached."""
         with torch.no_grad(), ctx.autocast():
-            feats_x = self.features([s[:nx] for s in stages], spatial)
-        protos, present = region_prototypes(feats_x, y, self.spec.n_classes, self.grid)
-        weights = self.weights(ctx.iteration)
-        loss = TwoPassBackward(ctx, weights, hp["split_backward"])
-        loss.first(terms)
-        del feats, logits, stages, pred_x, pred_w, pred_fp
+            feats_x = self.features(stages, spatial)
+        return region_prototypes(feats_x, y, self.spec.n_classes, self.grid)
 
-        # 3. both strong views, against the teacher with the source's prediction pasted in the box
-        teacher = torch.cat([apply_cutmix(p_w, mix, b) for b in boxes])
-        conf_s, y_s = pseudo_label(teacher)
-        part: dict[str, torch.Tensor] = {}
-        with ctx.autocast():
-            logits, stages = model(torch.cat(strong), features=True)
-            feats_s = self.features(stages, spatial)
-        for i, (pred, conf, lab) in enumerate(zip(logits.split(n), conf_s.split(n), y_s.split(n))):
-            part[f"u_s{i + 1}"] = masked_dice(pred, lab, conf, tau, **dice)
-        rect = rectify(logits.float().softmax(1), feats_s, temp)
-        part["intra"] = dice_loss(rect, y_s, conf_s >= tau, **dice)
-        query = F.interpolate(query_logits(feats_s, protos, present, self.grid, temp), size=spatial,
+    def strong_features(self, stages, spatial):
+        return self.features(stages, spatial)
+
+    def strong_terms(self, logits, feats, teacher, conf, labels, targets, logs):
+        hp, tau, temp = self.hp, self.hp["tau"], self.hp["temperature"]
+        dice = dict(from_class=self.spec.dice_from_class, smooth=self.spec.dice_smooth)
+        protos, present = targets
+        rect = rectify(logits.float().softmax(1), feats, temp)
+        intra = dice_loss(rect, labels, conf >= tau, **dice)
+        query = F.interpolate(query_logits(feats, protos, present, self.grid, temp), size=tuple(labels.shape[1:]),
                               mode="bilinear", align_corners=False)
-        part["cross"], w = cross_loss(query, y_s, conf_s, tau, teacher, hp["r"], present)
-        loss.second(part)
-
-        terms.update(part)
-        logs = term_logs(terms, weights, ce, dice_x)
-        logs["mask_ratio"] = mask_ratio(conf_w, tau)
-        logs["cross_weight"] = w[conf_s >= tau].mean().item() if (conf_s >= tau).any() else 0.0
-        return logs
+        cross, w = cross_loss(query, labels, conf, tau, teacher, hp["r"], present)
+        logs["cross_weight"] = w[conf >= tau].mean().item() if (conf >= tau).any() else 0.0
+        return {"intra": intra, "cross": cross}
