@@ -54,7 +54,7 @@ class UniMatch(Method):
 
     def weights(self, iteration: int) -> dict[str, float]:
         """Linear weight of every named loss term (constant over iterations)."""
-        w_u = self.hp.get("w_u", 1.0)
+        w_u = self.hp.get("w_u", 1.0)  # a method built on this one may weigh the unlabeled part (SemSim)
         w = {"sup": 1.0, "u_s1": 0.25 * w_u, "u_s2": 0.25 * w_u, "u_fp": 0.5 * w_u}
         return {k: v / 2 for k, v in w.items()}
 
