@@ -23,15 +23,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from crossmatch.grid import table_ids
 from crossmatch.report import main as report_main
 
 FILES = ("config.yaml", "experiment.yaml", "log.csv", "eval/best/summary.json", "eval/best/metrics_per_case.csv",
          "eval/final/summary.json", "eval/final/metrics_per_case.csv")
 PROTOCOL_FILES = ("eval/protocols/curve.csv", "eval/protocols/summary.json")
-
-
-def table_ids(table: dict) -> list[str]:
-    return [i for row in table["rows"] for c in row["cells"].values() for i in c]
 
 
 def collect(src: Path, dest: Path) -> None:

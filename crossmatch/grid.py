@@ -163,6 +163,11 @@ def experiment_yaml(cfg: dict[str, Any], exp: str, run_dir: str) -> str:
     return head + yaml.safe_dump(cfg, sort_keys=False)
 
 
+def table_ids(table: dict[str, Any]) -> list[str]:
+    """The experiment ids of one table of the grid, row by row, cell by cell."""
+    return [i for row in table["rows"] for c in row["cells"].values() for i in c]
+
+
 def load_grid(path: str | Path) -> dict[str, Any]:
     import json
     return json.loads(Path(path).read_text())

@@ -185,7 +185,7 @@ def protocol_summaries(ids):
 
 def comparison_ids(dataset):
     (table,) = [t for t in GRID["tables"] if t["kind"] == "comparison" and t["dataset"] == dataset]
-    return [i for row in table["rows"] for c in row["cells"].values() for i in c]
+    return xgrid.table_ids(table)
 
 
 def evidence_runs(wildcards):
@@ -204,7 +204,7 @@ def evidence_outputs():
 
 def table_runs(wildcards):
     table = TABLES[wildcards.table]
-    ids = [i for row in table["rows"] for c in row["cells"].values() for i in c]
+    ids = xgrid.table_ids(table)
     # a comparison table sets each reported Dice beside ours under its own protocol
     protocols = protocol_summaries(ids) if table["kind"] == "comparison" else []
     return [*summaries(ids, "best"), *summaries(ids, "final"), *protocols]
