@@ -139,3 +139,13 @@ def test_gpu_check_smoke_answers_every_question_and_resumes_exactly(tmp_path):
     for r in doc["end_to_end"]:
         assert r["resumed_max_abs_weight_diff"] == 0.0
         assert r["train_precision"] == "fp32 on cpu" and 0.0 <= r["test_dice"] <= 1.0
+
+
+def test_gpu_check_without_a_gpu_says_so_and_names_the_smoke_run(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the check would run")
+    out = tmp_path / "gpu_check.json"
+    res = subprocess.run([sys.executable, str(SCRIPT.parent / "gpu_check.py"), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "no CUDA device here" in res.stderr and "--smoke" in res.stderr
+    assert not out.exists()
