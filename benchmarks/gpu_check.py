@@ -54,7 +54,10 @@ PLANS = {
             "la": {"batch": None, "crop": None, "case": (183, 140, 88), "window": None}},   # UA-MT's crop
     "smoke": {"device": "cpu", "precisions": ["fp32", "bf16"], "e2e_iterations": 4,
               "acdc": {"batch": 2, "crop": [32, 32], "case": (2, 40, 36), "window": (32, 32)},
-              "la": {"batch": 1, "crop": [32, 32, 16], "case": (40, 36, 20), "window": (32, 32, 16)}},
+              # 48x48x32, not 32x32x16: at a V-Net bottleneck of 2x2x1 or 2x2x2 voxels the
+              # CPU's bf16 Conv3d weight gradient is NaN now and then (torch 2.13, oneDNN;
+              # ~5 % of calls; never in 300 calls at 3x3x2, 4x4x2 or the real 7x7x5)
+              "la": {"batch": 1, "crop": [48, 48, 32], "case": (56, 52, 36), "window": (48, 48, 32)}},
 }
 
 

@@ -249,7 +249,9 @@ class Trainer:
             raise TrainingDiverged(
                 f"{self.exp}: loss is {loss.item()} at iteration {self._it + 1}; stopped without saving. "
                 f"The last good checkpoint is {latest if latest.is_file() else '(none yet)'}. "
-                "Lower train.lr or check the data.")
+                "Lower train.lr or check the data"
+                + (" or train in fp32 (train.precision: fp32; bf16 on CPU is unstable at tiny 3D crops, "
+                   "see docs/training.md)." if self.precision.name == "bf16" else "."))
         self.scaler.scale(loss).backward()
 
     def step(self, it: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:

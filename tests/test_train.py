@@ -84,7 +84,8 @@ def test_crossmatch_ablation_switches_train(acdc_root, tmp_path, settings):
         assert not [c for c in log.columns if c.startswith(("tkd", "dkd"))]
 
 
-def test_nan_loss_stops_with_experiment_and_iteration(acdc_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_nan_loss_stops_with_experiment_and_iteration(acdc_root, tmp_path, monkeypatch, precision):
     import crossmatch.methods.supervised as sup
     real = sup.supervised_loss
     calls = {"n": 0}
@@ -97,8 +98,11 @@ def test_nan_loss_stops_with_experiment_and_iteration(acdc_root, tmp_path, monke
     monkeypatch.setattr(sup, "supervised_loss", flaky)
     raw = tiny_overrides(acdc_root, iterations=4, ckpt_every=2, val_every=0)
     raw["method"] = {"name": "supervised"}
-    with pytest.raises(TrainingDiverged, match=r"acdc/supervised/l3/default/s0: loss is nan at iteration 3.*latest\.pt"):
+    raw["train"]["precision"] = precision
+    with pytest.raises(TrainingDiverged, match=r"acdc/supervised/l3/default/s0: loss is nan at iteration 3.*latest\.pt") as err:
         train(config.resolve(raw), tmp_path / "run")
+    # under bf16 the message also names the fp32 way out
+    assert ("train.precision: fp32" in str(err.value)) == (precision == "bf16")
     state = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=False)
     assert state["iteration"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
