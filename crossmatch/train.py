@@ -264,7 +264,8 @@ class Trainer:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         self.gen.manual_seed(self.t["seed"] * 1_000_003 + it)
         self.optimizer.zero_grad(set_to_none=True)
-        ctx = StepContext(iteration=it, gen=self.gen, backward=self.backward, autocast=self.autocast)
+        ctx = StepContext(iteration=it, gen=self.gen, backward=self.backward, autocast=self.autocast,
+                          iterations=self.t["iterations"])
         values = self.method.training_step(batch, ctx)
         self.scaler.step(self.optimizer)
         self.scaler.update()

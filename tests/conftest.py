@@ -64,6 +64,22 @@ def tiny_overrides(dataset: dict, **train) -> dict:
     return {"dataset": dataset, "train": t}
 
 
+def train_and_evaluate_cli(cfg: dict, tmp_path: Path) -> Path:
+    """``crossmatch train`` then ``crossmatch evaluate`` on ``cfg``, as a user
+    runs them; returns the run folder (fails with the command's stderr)."""
+    import subprocess
+    import sys
+
+    import yaml
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    for args in (["train", "--config", str(tmp_path / "exp.yaml"), "--out", str(run)],
+                 ["evaluate", "--run", str(run), "--no-predictions"]):
+        res = subprocess.run([sys.executable, "-m", "crossmatch", *args], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+    return run
+
+
 def _needs(path: Path, what: str) -> Path:
     if not path.exists():
         pytest.skip(f"{what} not found at {path} (CI has it; a fresh clone may not)")

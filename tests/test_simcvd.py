@@ -15,7 +15,8 @@ from crossmatch import config
 from crossmatch.data.specs import get_spec
 from crossmatch.errors import ConfigError
 from crossmatch.methods.base import StepContext
-from crossmatch.methods.simcvd import SimCVD, ema_decay, info_nce
+from crossmatch.methods.mean_teacher import ema_decay
+from crossmatch.methods.simcvd import SimCVD, info_nce
 from crossmatch.models import build_model
 from crossmatch.sdm import signed_distance_map
 from crossmatch.train import train

@@ -4,12 +4,9 @@ run through the command line."""
 import contextlib
 import copy
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-import yaml
 
 from crossmatch.data.specs import get_spec
 from crossmatch.errors import ConfigError
@@ -18,7 +15,7 @@ from crossmatch.methods import get_method
 from crossmatch.methods.base import StepContext
 from crossmatch.models import build_model
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, train_and_evaluate_cli
 
 
 def _frozen_statistics(model: torch.nn.Module) -> torch.nn.Module:
@@ -115,13 +112,8 @@ def test_bad_unimatch_config_names_the_key(override, message):
 
 
 def test_unimatch_trains_and_evaluates_through_the_command_line(acdc_root, tmp_path):
-    cfg = {**tiny_overrides(acdc_root, iterations=4), "method": {"name": "unimatch"}}
-    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
-    run = tmp_path / "run"
-    for args in (["train", "--config", str(tmp_path / "exp.yaml"), "--out", str(run)],
-                 ["evaluate", "--run", str(run), "--no-predictions"]):
-        res = subprocess.run([sys.executable, "-m", "crossmatch", *args], capture_output=True, text=True)
-        assert res.returncode == 0, res.stderr[-3000:]
+    run = train_and_evaluate_cli({**tiny_overrides(acdc_root, iterations=4), "method": {"name": "unimatch"}},
+                                 tmp_path)
     log = (run / "log.csv").read_text().splitlines()
     assert {"sup", "u_s1", "u_s2", "u_fp", "mask_ratio"} <= set(log[0].split(",")) and len(log) == 5
     summary = json.loads((run / "eval/best/summary.json").read_text())

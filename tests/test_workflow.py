@@ -65,13 +65,15 @@ def test_paper_grid_dry_run_counts_jobs_per_rule(workdir: Path) -> None:
     n = job_counts(r.stdout)
     cfg = yaml.safe_load((REPO / "config/paper.yaml").read_text())
     seeds = len(cfg["seeds"])
-    # per dataset: supervised, crossmatch, unimatch and semsim (2D) or simcvd (3D) per labeled count + full
-    assert [d["methods"][2:4] for d in cfg["datasets"].values()] == [
-        ["unimatch", "semsim"], ["unimatch", "simcvd"], ["unimatch", "simcvd"], ["unimatch", "semsim"]]
-    comparison = sum(len(d["labeled"]) * 4 + 1 for d in cfg["datasets"].values())
+    # per dataset: supervised, crossmatch, unimatch, semsim (2D) or simcvd (3D), uamt and mcnet
+    # per labeled count + full
+    assert [d["methods"][2:6] for d in cfg["datasets"].values()] == [
+        ["unimatch", "semsim", "uamt", "mcnet"], ["unimatch", "simcvd", "uamt", "mcnet"],
+        ["unimatch", "simcvd", "uamt", "mcnet"], ["unimatch", "semsim", "uamt", "mcnet"]]
+    comparison = sum(len(d["labeled"]) * 6 + 1 for d in cfg["datasets"].values())
     # ablation variants equal to a default run share it: one run per distinct setting
     ablation = 2 * ((5 - 1) + (7 - 1) + (3 - 1) + (2 - 1) + (3 - 1))
-    assert n["experiment"] == n["train"] == n["evaluate"] == seeds * (comparison + ablation) == 258
+    assert n["experiment"] == n["train"] == n["evaluate"] == seeds * (comparison + ablation) == 336
     assert n["table"] == 4 + len(cfg["ablations"]) == 14
     # the protocol analysis of every comparison run, the evidence tables per dataset
     assert n["protocols"] == seeds * comparison and n["evidence"] == 4

@@ -47,6 +47,7 @@ class StepContext:
     gen: torch.Generator
     backward: Callable[[torch.Tensor], None]
     autocast: Callable[[], AbstractContextManager]
+    iterations: int = 0   # the run's length (train.iterations), for ramps over the whole run
 
 
 class Method:

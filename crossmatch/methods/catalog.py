@@ -213,13 +213,64 @@ SIMCVD = MethodInfo(
     check=_check_simcvd)
 
 
+# ---------------------------------------------------------------- UA-MT
+
+def _check_uamt(hp: dict[str, Any]) -> None:
+    _in_range(hp, "ema_decay", 0.0, 1.0)
+    _in_range(hp, "threshold_start", 0.0, 1.0, closed_high=True)
+    _at_least(hp, ("consistency", "noise_std", "noise_clip", "ramp_length"), 0)
+    if hp["passes"] < 2 or hp["passes"] % 2:
+        raise ConfigError(f"method.passes must be an even number >= 2 (run as passes/2 batches of [u; u]), "
+                          f"got {hp['passes']}")
+
+
+# 3D: yulequan/UA-MT code/train_LA_meanteacher_certainty_unlabel.py;
+# 2D: HiLab-git/SSL4MIS code/train_uncertainty_aware_mean_teacher_2D.py
+_UAMT_3D = {"ramp_length": 6000}   # 40 epochs of 150 iterations
+UAMT = MethodInfo(
+    name="uamt", module="crossmatch.methods.uamt", uses_unlabeled=True,
+    defaults={
+        "ema_decay": 0.99,        # ceiling of the teacher's EMA decay
+        "consistency": 0.1,       # weight of the uncertainty-masked consistency, after its ramp
+        "ramp_length": 30000,     # iterations of the consistency ramp-up (2D: 200 epochs of 150)
+        "passes": 8,              # T, stochastic teacher passes for the uncertainty
+        "threshold_start": 0.75,  # entropy threshold (start + (1 - start) ramp) ln 2, ramped over the run
+        "noise_std": 0.1,         # teacher input noise clip(N(0, std), -clip, clip)
+        "noise_clip": 0.2,
+    },
+    dataset_defaults={"la": _UAMT_3D, "pancreas": _UAMT_3D},
+    check=_check_uamt)
+
+
+# ---------------------------------------------------------------- MC-Net
+
+def _check_mcnet(hp: dict[str, Any]) -> None:
+    _at_least(hp, ("lamda", "consistency", "ramp_length"), 0)
+    if hp["temperature"] <= 0:
+        raise ConfigError(f"method.temperature must be > 0, got {hp['temperature']}")
+
+
+# ycwu1997/MC-Net code/train_mcnet_2d.py (2D) and code/train_mcnet_3d.py (3D)
+_MCNET_3D = {"lamda": 0.5, "consistency": 1.0, "ramp_length": 6000}  # 40 epochs of 150
+MCNET = MethodInfo(
+    name="mcnet", module="crossmatch.methods.mcnet", uses_unlabeled=True,
+    defaults={
+        "lamda": 1.0,             # weight of the two decoders' Dice on labeled data ("lamda" in the code)
+        "consistency": 0.1,       # weight of the mutual consistency, after its ramp
+        "ramp_length": 30000,     # iterations of the consistency ramp-up (2D: 200 epochs of 150)
+        "temperature": 0.1,       # sharpening temperature
+    },
+    dataset_defaults={"la": _MCNET_3D, "pancreas": _MCNET_3D},
+    check=_check_mcnet)
+
+
 # ---------------------------------------------------------------- supervised baselines
 
 SUPERVISED = MethodInfo(name="supervised", module="crossmatch.methods.supervised")
 FULLY_SUPERVISED = MethodInfo(name="fully_supervised", module="crossmatch.methods.supervised", labels_all=True)
 
-METHODS: dict[str, MethodInfo] = {m.name: m for m in (CROSSMATCH, UNIMATCH, SEMSIM, SIMCVD, SUPERVISED,
-                                                       FULLY_SUPERVISED)}
+METHODS: dict[str, MethodInfo] = {m.name: m for m in (CROSSMATCH, UNIMATCH, SEMSIM, SIMCVD, UAMT, MCNET,
+                                                       SUPERVISED, FULLY_SUPERVISED)}
 
 
 def declare(info: MethodInfo) -> MethodInfo:

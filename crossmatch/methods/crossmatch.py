@@ -33,6 +33,7 @@ import torch
 from ..data.augment import strong_views
 from ..losses import masked_dice, mixed_pseudo_label, pseudo_label, supervised_loss
 from .base import Method, StepContext, TwoPassBackward, mask_ratio, register, source_predictions, term_logs
+from .mean_teacher import sigmoid_rampup
 
 def reference_ramp(tau: float, iteration: int, length: int) -> float:
     """The LA reference code's threshold (its ``train_cross_match.py``, with
@@ -44,8 +45,7 @@ def reference_ramp(tau: float, iteration: int, length: int) -> float:
     softmax can have, 0.5 to 1, only near the end of the ramp)."""
     if iteration == 0:
         return tau
-    t = min(max((iteration - 1) / length, 0.0), 1.0)
-    return (tau + (1 - tau) * math.exp(-5 * (1 - t) ** 2)) * math.log(2)
+    return (tau + (1 - tau) * sigmoid_rampup(iteration - 1, length)) * math.log(2)
 
 
 @register

@@ -27,9 +27,6 @@ Loss (weights as DESIGN section 5 maps them):
 """
 from __future__ import annotations
 
-import copy
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,6 +35,7 @@ from ..data.specs import DatasetSpec
 from ..losses import supervised_loss
 from ..sdm import signed_distance_map
 from .base import Method, StepContext, register, term_logs, weighted_sum
+from .mean_teacher import ema_decay, input_noise, make_teacher, sigmoid_rampup, update_teacher
 
 
 class SDMHead(nn.Module):
@@ -95,20 +93,6 @@ def pairwise_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch
     return (s @ s.transpose(1, 2) - t @ t.transpose(1, 2)).pow(2).mean()
 
 
-def sigmoid_rampup(iteration: int, length: int) -> float:
-    """UA-MT's consistency ramp exp(-5 (1 - t/length)^2); 1 when length is 0."""
-    if length == 0:
-        return 1.0
-    t = min(max(iteration / length, 0.0), 1.0)
-    return math.exp(-5 * (1 - t) ** 2)
-
-
-def ema_decay(iteration: int, ceiling: float) -> float:
-    """Mean teacher's decay after ``iteration + 1`` optimiser steps:
-    min(1 - 1/(steps + 1), ceiling), so early teachers follow the student."""
-    return min(1 - 1 / (iteration + 2), ceiling)
-
-
 @register
 class SimCVD(Method):
     name = "simcvd"
@@ -120,19 +104,15 @@ class SimCVD(Method):
         # per voxel (applied to the sampled voxels only): features + predicted SDM -> embedding
         self.extra["proj"] = nn.Sequential(nn.Linear(channels + 1, 64), nn.ReLU(inplace=True),
                                            nn.Linear(64, hp["proj_dim"]))
-        teacher = copy.deepcopy(nn.ModuleDict({"net": model, "sdm": self.extra["sdm"],
-                                               "proj": self.extra["proj"]}))
-        self.extra["teacher"] = teacher.requires_grad_(False)
+        self.extra["teacher"] = make_teacher(nn.ModuleDict({"net": model, "sdm": self.extra["sdm"],
+                                                            "proj": self.extra["proj"]}))
 
     def _student(self) -> nn.ModuleDict:
         return nn.ModuleDict({"net": self.model, "sdm": self.extra["sdm"], "proj": self.extra["proj"]})
 
     def after_step(self, ctx: StepContext) -> None:
-        # parameters only, as UA-MT: the teacher's BN statistics come from its own forward passes
-        a = ema_decay(ctx.iteration, self.hp["ema_decay"])
-        with torch.no_grad():
-            for t, s in zip(self.extra["teacher"].parameters(), self._student().parameters()):
-                t.mul_(a).add_(s, alpha=1 - a)
+        update_teacher(self.extra["teacher"], self._student().parameters(),
+                       ema_decay(ctx.iteration, self.hp["ema_decay"]))
 
     def _forward(self, nets: nn.Module, inputs: torch.Tensor):
         logits, stages = nets["net"](inputs, features=True)
@@ -144,8 +124,7 @@ class SimCVD(Method):
         x, y, u = batch["x"], batch["y"], batch["u"]
         n_l = len(x)
         inputs = torch.cat((x, u))
-        noise = (torch.randn(inputs.shape, generator=ctx.gen) * hp["noise_std"]).clamp(
-            -hp["noise_clip"], hp["noise_clip"])
+        noise = input_noise(inputs.shape, hp["noise_std"], hp["noise_clip"], ctx.gen)
 
         teacher = self.extra["teacher"]
         with torch.no_grad(), ctx.autocast():

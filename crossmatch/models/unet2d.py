@@ -99,3 +99,11 @@ class UNet2d(EncoderDecoder):
         super().__init__(**fp)
         self.encoder = Encoder2d(in_channels, tuple(features), tuple(encoder_dropout))
         self.decoder = Decoder2d(tuple(features), n_classes, upsample)
+        self._decoder_args = (tuple(features), n_classes, upsample)
+
+    def twin_decoder(self) -> Decoder2d:
+        """A second decoder, the same but for the other upsampling (MC-Net's pair:
+        bilinear and transposed convolution)."""
+        ft, n_classes, upsample = self._decoder_args
+        other = next(m for m in UPSAMPLE_MODES if m != upsample)
+        return Decoder2d(ft, n_classes, other)

@@ -30,9 +30,19 @@ def down(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(cin, cout, 2, stride=2), nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
 
 
-def up(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.ConvTranspose3d(cin, cout, 2, stride=2), nn.BatchNorm3d(cout),
-                         nn.ReLU(inplace=True))
+def up(cin: int, cout: int, mode: str = "transpose") -> nn.Sequential:
+    """x2 upsampling: ``transpose`` (ConvTranspose3d k2 s2, the V-Net's) or
+    ``trilinear`` (fixed trilinear x2, align_corners, then a 3x3x3 conv: MC-Net's
+    second decoder, ycwu1997/MC-Net ``code/networks/VNet.py``)."""
+    if mode == "transpose":
+        upsample: nn.Module = nn.ConvTranspose3d(cin, cout, 2, stride=2)
+    elif mode == "trilinear":
+        upsample = nn.Sequential(nn.Upsample(scale_factor=2, mode="trilinear", align_corners=True),
+                                 nn.Conv3d(cin, cout, 3, padding=1))
+    else:
+        raise ValueError(f"upsample must be transpose or trilinear, got {mode!r}")
+    # the upsampling is item 0 either way: the layers after it keep their names
+    return nn.Sequential(upsample, nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
 
 
 class Encoder3d(nn.Module):
@@ -56,10 +66,10 @@ class Encoder3d(nn.Module):
 
 
 class Decoder3d(nn.Module):
-    def __init__(self, nf: int, n_classes: int, dropout: float = 0.5):
+    def __init__(self, nf: int, n_classes: int, dropout: float = 0.5, upsample: str = "transpose"):
         super().__init__()
         self.dropout = nn.Dropout3d(dropout)
-        self.ups = nn.ModuleList([up(nf * 2 ** (i + 1), nf * 2 ** i) for i in range(3, -1, -1)])
+        self.ups = nn.ModuleList([up(nf * 2 ** (i + 1), nf * 2 ** i, upsample) for i in range(3, -1, -1)])
         self.blocks = nn.ModuleList([conv_stack(3, 8 * nf, 8 * nf), conv_stack(3, 4 * nf, 4 * nf),
                                      conv_stack(2, 2 * nf, 2 * nf), conv_stack(1, nf, nf)])
         self.out = nn.Conv3d(nf, n_classes, 1)
@@ -82,3 +92,8 @@ class VNet3d(EncoderDecoder):
         super().__init__(**fp)
         self.encoder = Encoder3d(in_channels, base_filters, encoder_dropout)
         self.decoder = Decoder3d(base_filters, n_classes, decoder_dropout)
+        self._decoder_args = (base_filters, n_classes, decoder_dropout)
+
+    def twin_decoder(self) -> Decoder3d:
+        """A second decoder, the same but for trilinear upsampling (MC-Net's pair)."""
+        return Decoder3d(*self._decoder_args, upsample="trilinear")
