@@ -44,8 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-STEP_VARIANTS = {"acdc": ["network", "supervised", "crossmatch", "crossmatch_looped", "unimatch", "semsim"],
-                 "la": ["network", "supervised", "crossmatch", "crossmatch_looped", "unimatch", "simcvd"]}
+STEP_VARIANTS = {d: ["network", "supervised", "crossmatch", "crossmatch_looped", "unimatch", other, "uamt", "mcnet",
+                     "bcp"] for d, other in (("acdc", "semsim"), ("la", "simcvd"))}
 # device, precisions; per dataset: step batch and crop (None: the reference's), inference case shape
 # and window (None: the training crop)
 PLANS = {

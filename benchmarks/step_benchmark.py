@@ -15,6 +15,10 @@ Variants, all on the same network and the same labeled batch:
   unimatch                 UniMatch, same batches
   semsim                   SemSim (2D datasets only), same batches
   simcvd                   SimCVD (3D datasets only): labeled + unlabeled
+  uamt                     UA-MT: labeled + unlabeled, 8 teacher passes
+  mcnet                    MC-Net: labeled + unlabeled, two decoders
+  bcp                      BCP's self-training stage (its costly one): two
+                           pasted halves, teacher pseudo-labels
 
 Each (variant, allocator setting) runs in a fresh process so that the peak
 resident memory (ru_maxrss) belongs to that variant alone. The step is the
@@ -56,6 +60,9 @@ VARIANTS = {
     "unimatch": ({"name": "unimatch"}, {}),
     "semsim": ({"name": "semsim"}, {}),
     "simcvd": ({"name": "simcvd"}, {}),
+    "uamt": ({"name": "uamt"}, {}),
+    "mcnet": ({"name": "mcnet"}, {}),
+    "bcp": ({"name": "bcp"}, {}),
 }
 # (environment, in-process tuning): glibc defaults; the environment setting
 # the reference was measured under (mmap off); our trainer's default
@@ -100,9 +107,11 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
     batch = {"x": torch.rand(b, 1, *crop, device=dev), "y": _rings(b, crop, spec.n_classes).to(dev),
              "u": torch.rand(b, 1, *crop, device=dev), "u_mix": torch.rand(b, 1, *crop, device=dev)}
 
+    first = trainer.stages[-1][1]  # a staged method (BCP) is timed in its last, main stage
+
     def step(i: int) -> None:
         if variant != "network":
-            trainer.step(i, batch)
+            trainer.step(first + i, batch)
             return
         # the network alone: one forward, backward and optimiser step of plain CE
         trainer.optimizer.zero_grad(set_to_none=True)
@@ -131,7 +140,8 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
     gflop = counter.get_total_flops() / 1e9
     seconds = statistics.median(times)
     out = {"dataset": dataset, "variant": variant,
-           "batch": {"network": f"{b}", "supervised": f"{b}", "simcvd": f"{b}+{b}"}.get(variant, f"{b}+{b}+{b}"),
+           "batch": {"network": f"{b}", "supervised": f"{b}"}.get(
+               variant, f"{b}+{b}" if variant in ("simcvd", "uamt", "mcnet", "bcp") else f"{b}+{b}+{b}"),
            "crop": crop, "seconds_per_iter": seconds, "seconds_all": times,
            "gflop_per_iter": gflop, "gflop_per_s": gflop / seconds,
            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,

@@ -183,6 +183,7 @@ class Trainer:
         hp = {k: v for k, v in self.cfg["method"].items() if k != "name"}
         self.method = self.method_cls(self.model, self.spec, hp)
         self.method.extra.to(self.device)
+        self.stages = self.method.stages(t["iterations"])  # a method's bad stage lengths stop here
         self.optimizer = make_optimizer(self.cfg, self.method.parameters())
         self.precision = pick_precision(t["precision"], self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.scaler)
@@ -263,6 +264,7 @@ class Trainer:
             g["lr"] = lr
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         self.gen.manual_seed(self.t["seed"] * 1_000_003 + it)
+        stage = self._stage(it)
         self.optimizer.zero_grad(set_to_none=True)
         ctx = StepContext(iteration=it, gen=self.gen, backward=self.backward, autocast=self.autocast,
                           iterations=self.t["iterations"])
@@ -270,7 +272,21 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.method.after_step(ctx)
-        return {"lr": lr, **values}
+        return {"lr": lr, **values, **({"stage": stage} if len(self.stages) > 1 else {})}
+
+    def _stage(self, it: int) -> int:
+        """The (1-based) stage of iteration ``it``; entering one after the first
+        calls the method's ``begin_stage`` with the best weights so far."""
+        index = max(i for i, (_, first) in enumerate(self.stages) if first <= it)
+        name, first = self.stages[index]
+        if index and it == first:
+            best = self.run.checkpoint("best")
+            weights = (torch.load(best, map_location=self.device, weights_only=False)["model"]
+                       if best.is_file() else None)
+            tqdm.write(f"{self.exp}: stage {index + 1} ({name}) from iteration {it}"
+                       + (f", from the best validation so far (iteration {self.best[1]})" if weights else ""))
+            self.method.begin_stage(name, weights)
+        return index + 1
 
     def validate(self) -> float:
         return validate(self.model, self.spec, self.cfg, self.splits.val, self.device)

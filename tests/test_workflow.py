@@ -65,15 +65,14 @@ def test_paper_grid_dry_run_counts_jobs_per_rule(workdir: Path) -> None:
     n = job_counts(r.stdout)
     cfg = yaml.safe_load((REPO / "config/paper.yaml").read_text())
     seeds = len(cfg["seeds"])
-    # per dataset: supervised, crossmatch, unimatch, semsim (2D) or simcvd (3D), uamt and mcnet
+    # per dataset: supervised, crossmatch, unimatch, semsim (2D) or simcvd (3D), uamt, mcnet and bcp
     # per labeled count + full
-    assert [d["methods"][2:6] for d in cfg["datasets"].values()] == [
-        ["unimatch", "semsim", "uamt", "mcnet"], ["unimatch", "simcvd", "uamt", "mcnet"],
-        ["unimatch", "simcvd", "uamt", "mcnet"], ["unimatch", "semsim", "uamt", "mcnet"]]
-    comparison = sum(len(d["labeled"]) * 6 + 1 for d in cfg["datasets"].values())
+    assert [d["methods"][2:7] for d in cfg["datasets"].values()] == [
+        ["unimatch", kind, "uamt", "mcnet", "bcp"] for kind in ("semsim", "simcvd", "simcvd", "semsim")]
+    comparison = sum(len(d["labeled"]) * 7 + 1 for d in cfg["datasets"].values())
     # ablation variants equal to a default run share it: one run per distinct setting
     ablation = 2 * ((5 - 1) + (7 - 1) + (3 - 1) + (2 - 1) + (3 - 1))
-    assert n["experiment"] == n["train"] == n["evaluate"] == seeds * (comparison + ablation) == 336
+    assert n["experiment"] == n["train"] == n["evaluate"] == seeds * (comparison + ablation) == 375
     assert n["table"] == 4 + len(cfg["ablations"]) == 14
     # the protocol analysis of every comparison run, the evidence tables per dataset
     assert n["protocols"] == seeds * comparison and n["evidence"] == 4

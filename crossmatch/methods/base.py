@@ -73,6 +73,19 @@ class Method:
     def after_step(self, ctx: "StepContext") -> None:
         """Called after each optimiser step (e.g. to update an EMA teacher)."""
 
+    def stages(self, iterations: int) -> list[tuple[str, int]]:
+        """The run's stages as (name, first iteration), in order, for a run of
+        ``iterations``: one by default. A method with several (BCP: supervised
+        pre-training, then self-training) overrides it and ``begin_stage``; the
+        trainer logs the stage number and calls ``begin_stage`` on entering each
+        stage after the first (a resumed run inside a stage does not re-enter it:
+        the method's state comes back with the checkpoint)."""
+        return [("train", 0)]
+
+    def begin_stage(self, name: str, best: dict[str, torch.Tensor] | None) -> None:
+        """Entering stage ``name``; ``best``: the network's weights at its best
+        validation so far (``best.pt``), None before any validation."""
+
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         """Run one iteration's forward/backward; return named values to log."""
         raise NotImplementedError

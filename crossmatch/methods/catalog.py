@@ -264,12 +264,37 @@ MCNET = MethodInfo(
     check=_check_mcnet)
 
 
+# ---------------------------------------------------------------- BCP
+
+def _check_bcp(hp: dict[str, Any]) -> None:
+    for key in ("pretrain_fraction", "mask_ratio"):
+        if not 0 < hp[key] < 1:
+            raise ConfigError(f"method.{key} must be in (0, 1), got {hp[key]}")
+    _in_range(hp, "ema_decay", 0.0, 1.0)
+    _at_least(hp, ("u_weight",), 0)
+
+
+# DeepMed-Lab-ECNU/BCP code/ACDC_BCP_train.py (2D) and code/LA_BCP_train.py (3D)
+BCP = MethodInfo(
+    name="bcp", module="crossmatch.methods.bcp", uses_unlabeled=True,
+    defaults={
+        "pretrain_fraction": 0.25,  # stage 1 (supervised copy-paste) share of train.iterations: 10k of 10k + 30k
+        "u_weight": 0.5,            # weight of the pseudo-labeled region of a mixed image
+        "mask_ratio": 0.6667,       # the pasted box's side, per axis, as a share of the crop (2/3)
+        "ema_decay": 0.99,          # the teacher's EMA decay in stage 2 (constant)
+        "largest_component": True,  # pseudo-labels keep each class's largest connected component
+    },
+    dataset_defaults={"la": {"pretrain_fraction": 0.12},         # 2k of 2k + 15k
+                      "pancreas": {"pretrain_fraction": 0.23}},  # code/pancreas: 60 of 60 + 200 epochs
+    check=_check_bcp)
+
+
 # ---------------------------------------------------------------- supervised baselines
 
 SUPERVISED = MethodInfo(name="supervised", module="crossmatch.methods.supervised")
 FULLY_SUPERVISED = MethodInfo(name="fully_supervised", module="crossmatch.methods.supervised", labels_all=True)
 
-METHODS: dict[str, MethodInfo] = {m.name: m for m in (CROSSMATCH, UNIMATCH, SEMSIM, SIMCVD, UAMT, MCNET,
+METHODS: dict[str, MethodInfo] = {m.name: m for m in (CROSSMATCH, UNIMATCH, SEMSIM, SIMCVD, UAMT, MCNET, BCP,
                                                        SUPERVISED, FULLY_SUPERVISED)}
 
 
