@@ -3,11 +3,9 @@ reads labels off its input has zero loss in both stages), the stages run in
 one resumable run with stage 2 starting from stage 1's best weights, the
 pseudo-labels keep each class's largest component."""
 import contextlib
-import json
 
 import pytest
 import torch
-import yaml
 
 from crossmatch import config
 from crossmatch.data.specs import get_spec
@@ -17,7 +15,7 @@ from crossmatch.methods.base import StepContext
 from crossmatch.methods.bcp import BCP, largest_components, paste_mask
 from crossmatch.train import train
 
-from conftest import tiny_overrides, train_and_evaluate_cli
+from conftest import tiny_overrides
 
 
 class LabelReader(torch.nn.Module):
@@ -131,15 +129,3 @@ def test_a_pretrain_fraction_that_empties_a_stage_stops_before_training(acdc_roo
 def test_bad_bcp_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         get_method("bcp").hyperparameters("acdc", override)
-
-
-@pytest.mark.parametrize("dim", [2, 3])
-def test_bcp_trains_and_evaluates_through_the_command_line(acdc_root, la_root, tmp_path, dim):
-    root, crop = (acdc_root, [32, 32]) if dim == 2 else (la_root, [32, 32, 16])
-    run = train_and_evaluate_cli({**tiny_overrides(root, iterations=4, crop=crop),
-                                  "method": {"name": "bcp", "pretrain_fraction": 0.5}}, tmp_path)
-    header = (run / "log.csv").read_text().splitlines()[0].split(",")
-    assert {"stage", "loss_l", "loss_u", "pseudo_fg"} <= set(header)
-    summary = json.loads((run / "eval/best/summary.json").read_text())
-    assert summary["experiment"].startswith(f"{'acdc' if dim == 2 else 'la'}/bcp/")
-    assert yaml.safe_load((run / "config.yaml").read_text())["method"]["pretrain_fraction"] == 0.5

@@ -1,9 +1,8 @@
 """MC-Net: its two decoders differ only in upsampling, its consistency is
 the cross sharpened-prediction MSE with gradients on both sides, only the
-first decoder is the evaluated network; a short run of each dimension
-through the command line."""
+first decoder is the evaluated network (its command-line run:
+tests/test_method_runs.py)."""
 import contextlib
-import json
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ from crossmatch.methods.base import StepContext
 from crossmatch.methods.mcnet import sharpen
 from crossmatch.models import build_model
 
-from conftest import tiny_overrides, train_and_evaluate_cli
 
 SIZE = {2: (32, 32), 3: (32, 32, 16)}
 
@@ -108,17 +106,3 @@ def test_defaults_follow_each_dimensions_code():
 def test_bad_mcnet_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         get_method("mcnet").hyperparameters("la", override)
-
-
-@pytest.mark.parametrize("dim", [2, 3])
-def test_mcnet_trains_and_evaluates_through_the_command_line(acdc_root, la_root, tmp_path, dim):
-    root, crop = (acdc_root, [32, 32]) if dim == 2 else (la_root, [32, 32, 16])
-    run = train_and_evaluate_cli({**tiny_overrides(root, iterations=3, crop=crop), "method": {"name": "mcnet"}},
-                                 tmp_path)
-    header = (run / "log.csv").read_text().splitlines()[0].split(",")
-    assert {"sup", "cons", "w_cons", "sup_dice2"} <= set(header)
-    state = torch.load(run / "checkpoints" / "latest.pt", weights_only=False)
-    assert any(k.startswith("decoder2.") for k in state["method"])   # resumable: the second decoder is saved
-    assert not any("decoder2" in k for k in state["model"])
-    summary = json.loads((run / "eval/best/summary.json").read_text())
-    assert summary["experiment"].startswith(f"{'acdc' if dim == 2 else 'la'}/mcnet/")

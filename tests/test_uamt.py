@@ -1,8 +1,7 @@
 """UA-MT: its uncertainty mask follows the ramped threshold, its consistency
-is the masked softmax MSE, its teacher is the student's EMA; a short run of
-each dimension through the command line."""
+is the masked softmax MSE, its teacher is the student's EMA (its command-line run:
+tests/test_method_runs.py)."""
 import contextlib
-import json
 import math
 
 import pytest
@@ -15,8 +14,6 @@ from crossmatch.methods.base import StepContext
 from crossmatch.methods.mean_teacher import ema_decay
 from crossmatch.methods.uamt import predictive_entropy, uncertainty_threshold
 from crossmatch.models import build_model
-
-from conftest import tiny_overrides, train_and_evaluate_cli
 
 
 def _method(dataset: str = "acdc", **hp):
@@ -122,14 +119,3 @@ def test_defaults_follow_each_dimensions_code():
 def test_bad_uamt_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         get_method("uamt").hyperparameters("acdc", override)
-
-
-@pytest.mark.parametrize("dim", [2, 3])
-def test_uamt_trains_and_evaluates_through_the_command_line(acdc_root, la_root, tmp_path, dim):
-    root, crop = (acdc_root, [32, 32]) if dim == 2 else (la_root, [32, 32, 16])
-    run = train_and_evaluate_cli({**tiny_overrides(root, iterations=3, crop=crop), "method": {"name": "uamt"}},
-                                 tmp_path)
-    header = (run / "log.csv").read_text().splitlines()[0].split(",")
-    assert {"sup", "cons", "w_cons", "threshold", "mask_ratio"} <= set(header)
-    summary = json.loads((run / "eval/best/summary.json").read_text())
-    assert summary["experiment"].startswith(f"{'acdc' if dim == 2 else 'la'}/uamt/")
