@@ -57,7 +57,7 @@ PLANS = {
               # 48x48x32, not 32x32x16: at a V-Net bottleneck of 2x2x1 or 2x2x2 voxels the
               # CPU's bf16 Conv3d weight gradient is NaN now and then (torch 2.13, oneDNN;
               # ~5 % of calls; never in 300 calls at 3x3x2, 4x4x2 or the real 7x7x5)
-              "la": {"batch": 1, "crop": [48, 48, 32], "case": (56, 52, 36), "window": (48, 48, 32)}},
+              "la": {"batch": 2, "crop": [48, 48, 32], "case": (56, 52, 36), "window": (48, 48, 32)}},  # BCP: even
 }
 
 
