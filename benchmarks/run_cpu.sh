@@ -23,6 +23,9 @@ $B --dataset acdc --allocators tuned --variants network supervised semsim --out 
 $B --dataset acdc --allocators tuned --variants crossmatch crossmatch_looped --out $R/cpu_acdc_stacking.json
 $B --dataset acdc --allocators tuned --variants network --batch 48 --out $R/cpu_acdc_network_b48.json
 $B --dataset la --warmup 2 --iters 2 --allocators tuned --variants network supervised simcvd --out $R/cpu_la_methods.json
+# the methods of the paper's comparison table, beside supervised in the same session
+$B --dataset acdc --warmup 1 --iters 2 --allocators tuned --variants supervised uamt mcnet bcp --out $R/cpu_acdc_comparison.json
+$B --dataset la --warmup 1 --iters 2 --allocators tuned --variants supervised uamt mcnet bcp --out $R/cpu_la_comparison.json
 # the README's real-data training budget (4 + 4 + 4 at 128x128): the step alone, against the runs' s/iteration
 $B --dataset acdc --allocators tuned --variants network supervised crossmatch crossmatch_looped --batch 4 --crop 128 128 \
   --out $R/cpu_acdc_readme_budget.json

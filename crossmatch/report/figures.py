@@ -247,7 +247,8 @@ def protocol_curves(grid: dict[str, Any], dataset: str, out_prefix: str | Path) 
         ax.set(title=f"{c.label} ({c.labeled} labeled)", xlabel="iteration")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean Dice (%)")
-    axes[0][-1].legend(fontsize=6, loc="lower right")
+    # beside the panels, not on one: the curves of the last panel stay visible
+    axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.suptitle(_title(grid, dataset, f"Validation and test Dice over training — {dataset.upper()}"), fontsize=10,
                  y=1.02)
     caption = (f"Validation (dashed) and test (solid) mean Dice (%) of every snapshot on {dataset.upper()}, per "
