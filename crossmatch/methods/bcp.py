@@ -34,8 +34,8 @@ from scipy import ndimage
 
 from ..errors import ConfigError
 from ..losses import dice_loss
-from .base import Method, StepContext, register
-from .mean_teacher import make_teacher, update_teacher
+from .base import StepContext, register
+from .mean_teacher import TeacherMethod, update_teacher
 
 
 def paste_mask(spatial: tuple[int, ...], ratio: float, gen: torch.Generator) -> torch.Tensor:
@@ -80,13 +80,9 @@ def mixed_loss(logits: torch.Tensor, outside: torch.Tensor, inside: torch.Tensor
 
 
 @register
-class BCP(Method):
+class BCP(TeacherMethod):
     name = "bcp"
-
-    def __init__(self, model, spec, hp: dict):
-        super().__init__(model, spec, hp)
-        self.extra["teacher"] = make_teacher(model)
-        self.selftraining_from = None
+    selftraining_from: int | None = None   # set by stages()
 
     def stages(self, iterations: int) -> list[tuple[str, int]]:
         first = round(self.hp["pretrain_fraction"] * iterations)
@@ -100,11 +96,11 @@ class BCP(Method):
     def begin_stage(self, name: str, best: dict[str, torch.Tensor] | None) -> None:
         if best is not None:
             self.model.load_state_dict(best)
-        self.extra["teacher"].load_state_dict(self.model.state_dict())
+        self.teacher.load_state_dict(self.model.state_dict())
 
     def after_step(self, ctx: StepContext) -> None:
         if self._selftraining(ctx):
-            update_teacher(self.extra["teacher"], self.model.parameters(), self.hp["ema_decay"])
+            update_teacher(self.teacher, self.model.parameters(), self.hp["ema_decay"])
 
     def _selftraining(self, ctx: StepContext) -> bool:
         if self.selftraining_from is None:  # a step outside the trainer (tests, benchmarks)
@@ -134,7 +130,7 @@ class BCP(Method):
 
         u_a, u_b = u[:k], u[k:]
         with torch.no_grad(), ctx.autocast():
-            teacher = self.extra["teacher"]
+            teacher = self.teacher
             plab = [teacher(v).float().argmax(1) for v in (u_a, u_b)]
         if hp["largest_component"]:
             plab = [largest_components(p, self.spec.n_classes) for p in plab]

@@ -16,6 +16,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from .base import Method
+
 
 def sigmoid_rampup(iteration: float, length: float) -> float:
     """exp(-5 (1 - t)^2) with t = iteration / length clipped to [0, 1]; 1 when length is 0."""
@@ -48,3 +50,16 @@ def input_noise(shape: torch.Size, std: float, clip: float, gen: torch.Generator
     """UA-MT's teacher input noise clip(N(0, std), -clip, clip), drawn on the CPU
     from the step's generator (a resumed run draws the same noise)."""
     return (torch.randn(shape, generator=gen) * std).clamp(-clip, clip)
+
+
+class TeacherMethod(Method):
+    """A method with an EMA teacher of the network in ``extra["teacher"]``
+    (checkpointed with the method's state; never optimised)."""
+
+    def __init__(self, model: nn.Module, spec, hp: dict):
+        super().__init__(model, spec, hp)
+        self.extra["teacher"] = make_teacher(model)
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self.extra["teacher"]

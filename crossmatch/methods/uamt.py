@@ -32,8 +32,8 @@ import math
 import torch
 
 from ..losses import supervised_loss
-from .base import Method, StepContext, register, term_logs, weighted_sum
-from .mean_teacher import ema_decay, input_noise, make_teacher, sigmoid_rampup, update_teacher
+from .base import StepContext, register, term_logs, weighted_sum
+from .mean_teacher import TeacherMethod, ema_decay, input_noise, sigmoid_rampup, update_teacher
 
 
 def uncertainty_threshold(iteration: int, iterations: int, start: float = 0.75) -> float:
@@ -48,15 +48,11 @@ def predictive_entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 @register
-class UAMT(Method):
+class UAMT(TeacherMethod):
     name = "uamt"
 
-    def __init__(self, model, spec, hp: dict):
-        super().__init__(model, spec, hp)
-        self.extra["teacher"] = make_teacher(model)
-
     def after_step(self, ctx: StepContext) -> None:
-        update_teacher(self.extra["teacher"], self.model.parameters(),
+        update_teacher(self.teacher, self.model.parameters(),
                        ema_decay(ctx.iteration, self.hp["ema_decay"]))
 
     def weights(self, iteration: int) -> dict[str, float]:
@@ -68,7 +64,7 @@ class UAMT(Method):
 
     def uncertainty(self, u: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """Entropy of the teacher's mean softmax over ``passes`` noisy passes of ``u``."""
-        teacher, n = self.extra["teacher"], len(u)
+        teacher, n = self.teacher, len(u)
         twice = torch.cat((u, u))
         with torch.no_grad(), ctx.autocast():
             probs = [teacher(self._noisy(twice, ctx)).float().softmax(1) for _ in range(self.hp["passes"] // 2)]
@@ -78,7 +74,7 @@ class UAMT(Method):
         x, y, u = batch["x"], batch["y"], batch["u"]
         n_l = len(x)
         with torch.no_grad(), ctx.autocast():
-            target = self.extra["teacher"](self._noisy(u, ctx)).float().softmax(1)
+            target = self.teacher(self._noisy(u, ctx)).float().softmax(1)
         uncertainty = self.uncertainty(u, ctx)
         threshold = uncertainty_threshold(ctx.iteration, ctx.iterations, self.hp["threshold_start"])
         mask = (uncertainty < threshold).float()
