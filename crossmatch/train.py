@@ -264,19 +264,19 @@ class Trainer:
             g["lr"] = lr
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         self.gen.manual_seed(self.t["seed"] * 1_000_003 + it)
-        stage = self._stage(it)
+        index, stage = self._stage(it)
         self.optimizer.zero_grad(set_to_none=True)
         ctx = StepContext(iteration=it, gen=self.gen, backward=self.backward, autocast=self.autocast,
-                          iterations=self.t["iterations"])
+                          iterations=self.t["iterations"], stage=stage)
         values = self.method.training_step(batch, ctx)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.method.after_step(ctx)
-        return {"lr": lr, **values, **({"stage": stage} if len(self.stages) > 1 else {})}
+        return {"lr": lr, **values, **({"stage": index + 1} if len(self.stages) > 1 else {})}
 
-    def _stage(self, it: int) -> int:
-        """The (1-based) stage of iteration ``it``; entering one after the first
-        calls the method's ``begin_stage`` with the best weights so far."""
+    def _stage(self, it: int) -> tuple[int, str]:
+        """The stage of iteration ``it``, (index, name); entering one after the
+        first calls the method's ``begin_stage`` with the best weights so far."""
         index = max(i for i, (_, first) in enumerate(self.stages) if first <= it)
         name, first = self.stages[index]
         if index and it == first:
@@ -286,7 +286,7 @@ class Trainer:
             tqdm.write(f"{self.exp}: stage {index + 1} ({name}) from iteration {it}"
                        + (f", from the best validation so far (iteration {self.best[1]})" if weights else ""))
             self.method.begin_stage(name, weights)
-        return index + 1
+        return index, name
 
     def validate(self) -> float:
         return validate(self.model, self.spec, self.cfg, self.splits.val, self.device)

@@ -53,16 +53,22 @@ def test_a_network_that_reads_labels_off_its_input_has_zero_loss_in_both_stages(
     info = get_method("bcp")
     method = BCP(LabelReader(spec.n_classes), spec, info.hyperparameters(dataset, {"pretrain_fraction": 0.5}))
     method.train()
-    for iteration in (0, 9):  # pre-training, then self-training (from iteration 5 of 10)
+    assert method.stages(10) == [("pretrain", 0), ("selftrain", 5)]
+    for iteration, stage in ((0, "pretrain"), (9, "selftrain")):
         ctx = StepContext(iteration, torch.Generator().manual_seed(iteration), lambda loss: loss.backward(),
-                          contextlib.nullcontext, 10)
+                          contextlib.nullcontext, 10, stage)
         logs = method.training_step(batch, ctx)
         assert logs["loss"] < 1e-3, (iteration, logs)
     assert "loss_u" in logs and logs["pseudo_fg"] > 0
     # the same images against labels pasted the other way round: far from zero
     swapped = {"x": batch["x"], "y": y.flip(0), "u": batch["u"]}
-    ctx = StepContext(0, torch.Generator().manual_seed(0), lambda loss: loss.backward(), contextlib.nullcontext, 10)
+    ctx = StepContext(0, torch.Generator().manual_seed(0), lambda loss: loss.backward(), contextlib.nullcontext, 10,
+                      "pretrain")
     assert method.training_step(swapped, ctx)["loss"] > 0.5
+    # a step outside the trainer that names no stage of BCP's is refused, not guessed
+    ctx = StepContext(0, torch.Generator(), lambda loss: loss.backward(), contextlib.nullcontext, 10)
+    with pytest.raises(ValueError, match="bcp: a step of stage 'train'"):
+        method.training_step(batch, ctx)
 
 
 def test_paste_mask_is_one_box_of_two_thirds_per_axis():

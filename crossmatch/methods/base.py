@@ -48,6 +48,7 @@ class StepContext:
     backward: Callable[[torch.Tensor], None]
     autocast: Callable[[], AbstractContextManager]
     iterations: int = 0   # the run's length (train.iterations), for ramps over the whole run
+    stage: str = "train"  # the name of the run's stage this iteration is in (Method.stages)
 
 
 class Method:

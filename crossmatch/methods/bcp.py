@@ -82,7 +82,6 @@ def mixed_loss(logits: torch.Tensor, outside: torch.Tensor, inside: torch.Tensor
 @register
 class BCP(TeacherMethod):
     name = "bcp"
-    selftraining_from: int | None = None   # set by stages()
 
     def stages(self, iterations: int) -> list[tuple[str, int]]:
         first = round(self.hp["pretrain_fraction"] * iterations)
@@ -90,7 +89,6 @@ class BCP(TeacherMethod):
             raise ConfigError(f"method.pretrain_fraction: {self.hp['pretrain_fraction']} of train.iterations "
                               f"({iterations}) leaves a stage without iterations; choose a fraction that "
                               "gives both pre-training and self-training at least one")
-        self.selftraining_from = first
         return [("pretrain", 0), ("selftrain", first)]
 
     def begin_stage(self, name: str, best: dict[str, torch.Tensor] | None) -> None:
@@ -99,13 +97,8 @@ class BCP(TeacherMethod):
         self.teacher.load_state_dict(self.model.state_dict())
 
     def after_step(self, ctx: StepContext) -> None:
-        if self._selftraining(ctx):
+        if ctx.stage == "selftrain":
             update_teacher(self.teacher, self.model.parameters(), self.hp["ema_decay"])
-
-    def _selftraining(self, ctx: StepContext) -> bool:
-        if self.selftraining_from is None:  # a step outside the trainer (tests, benchmarks)
-            self.stages(ctx.iterations)
-        return ctx.iteration >= self.selftraining_from
 
     def _loss(self, logits, outside, inside, mask, w_out, w_in):
         dice, ce = mixed_loss(logits, outside, inside, mask, w_out, w_in, self.spec.dice_from_class,
@@ -117,11 +110,14 @@ class BCP(TeacherMethod):
         if len(x) % 2 or len(u) != len(x):
             raise ConfigError(f"train.batch_size must be even for bcp (its halves are pasted pairwise), "
                               f"got {len(x)}")
+        if ctx.stage not in ("pretrain", "selftrain"):
+            raise ValueError(f"bcp: a step of stage {ctx.stage!r}; the trainer names one of its stages() "
+                             "in StepContext.stage")
         k, hp = len(x) // 2, self.hp
         mask = paste_mask(tuple(x.shape[2:]), hp["mask_ratio"], ctx.gen).to(x.device)
         img = mask[None, None]  # broadcast over batch and channels
         x_a, x_b, y_a, y_b = x[:k], x[k:], y[:k], y[k:]
-        if not self._selftraining(ctx):
+        if ctx.stage == "pretrain":
             with ctx.autocast():
                 logits = self.model(x_a * img + x_b * (1 - img))
             loss, dice, ce = self._loss(logits, y_a, y_b, mask, 1.0, 1.0)

@@ -70,7 +70,8 @@ class MCNet(Method):
                  "cons": (probs[0] - sharp[1]).pow(2).mean() + (probs[1] - sharp[0]).pow(2).mean()}
         w = self.weights(ctx.iteration)
         ctx.backward(weighted_sum(w, terms))
-        ce = torch.nn.functional.cross_entropy(logits[0][:n_l].float(), y).detach()
+        with torch.no_grad():  # logged only: MC-Net's codes leave it out of the loss
+            ce = torch.nn.functional.cross_entropy(logits[0][:n_l].float(), y)
         logs = term_logs(terms, w, ce, dice[0])
         logs.update(w_cons=w["cons"], sup_dice2=dice[1].item())
         return logs
