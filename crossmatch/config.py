@@ -51,7 +51,8 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "batch_size": (12, "labeled batch size (unlabeled and mix batches are the same size)"),
         "crop": (None, "training size: 2D resize / 3D random crop (default: the dataset's)"),
         "interpolation": ("linear", "2D weak view: the image's rotation and resize, linear | nearest "
-                                    "(the ACDC reference code's order-0 zoom; labels are always nearest)"),
+                                    "(order 0, as the ACDC reference codes; ACDC's default); labels are "
+                                    "always nearest"),
         "optimizer": ("sgd", "sgd | adamw"),
         "lr": (0.01, "base learning rate"),
         "momentum": (0.9, "SGD momentum"),

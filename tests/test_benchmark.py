@@ -115,6 +115,45 @@ def test_reference_comparison_joins_summaries_of_seeds_run_apart(tmp_path):
     assert res.returncode != 0 and "seed 0 given twice" in res.stderr
 
 
+
+SPEED = SCRIPT.parent / "reference" / "speed_vs_reference.py"
+
+
+def test_speed_benchmark_without_the_reference_says_so(tmp_path):
+    res = subprocess.run([sys.executable, str(SPEED), "--reference", str(tmp_path / "absent"),
+                          "--out", str(tmp_path / "speed.json")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "skipped: no reference code at" in res.stdout and not (tmp_path / "speed.json").exists()
+
+
+def test_speed_benchmark_ratios_pair_runs_of_one_round_and_judge_the_targets():
+    """Ratios are taken within a round (side by side, back to back), then the
+    median over rounds; each target is judged on our faster precision."""
+    sys.path.insert(0, str(SPEED.parent))
+    try:
+        from speed_vs_reference import ratios, targets
+    finally:
+        sys.path.remove(str(SPEED.parent))
+    runs = []
+    for r, slow in ((0, 1.0), (1, 2.0)):  # round 1: the host at half speed, for both sides
+        for method, impl, prec, s, mem in (("crossmatch", "reference", "fp32", 2.0, 2.0),
+                                           ("crossmatch", "ours", "fp32", 1.2, 1.0),
+                                           ("crossmatch", "ours", "bf16", 0.6, 0.9),
+                                           ("supervised", "reference", "fp32", 0.25, 0.6),
+                                           ("supervised", "ours", "fp32", 0.2, 0.5),
+                                           ("supervised", "ours", "bf16", 0.12, 0.5)):
+            runs.append({"round": r, "method": method, "impl": impl, "precision": prec,
+                         "seconds_per_iteration": s * slow, "peak_rss_gib": mem})
+    rat = ratios(runs, 2)
+    assert rat["crossmatch_time_ours_bf16_vs_reference"] == {"median": 0.3, "rounds": [0.3, 0.3]}
+    assert rat["crossmatch_peak_memory_ours_fp32_vs_reference"]["median"] == 0.5
+    assert rat["crossmatch_vs_supervised_ours_fp32"]["median"] == 6.0
+    assert rat["crossmatch_vs_supervised_reference"]["median"] == 8.0
+    t = targets(rat)
+    assert t["crossmatch_time_vs_reference"] == {"target": 0.35, "measured": 0.3, "met": True}
+    assert t["crossmatch_peak_memory_vs_reference"]["measured"] == 0.45
+    assert t["crossmatch_vs_supervised_ours"]["met"] is True  # fp32 6.0, bf16 5.0
+
 @pytest.mark.slow
 def test_gpu_check_smoke_answers_every_question_and_resumes_exactly(tmp_path):
     """benchmarks/gpu_check.py waits for a GPU that most sessions never get:

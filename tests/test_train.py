@@ -155,6 +155,16 @@ def test_bad_config_names_the_key(override, message):
         config.load(None, override)
 
 
+def test_acdc_trains_with_the_references_order_0_interpolation_by_default():
+    """ACDC's weak view is zoomed and rotated with order 0, as every ACDC reference
+    code does (worth about 10 Dice to supervised at the README budget,
+    docs/fidelity.md); ISIC keeps linear; an explicit setting wins."""
+    assert config.load(None, ["dataset.name=acdc"])["train"]["interpolation"] == "nearest"
+    assert config.load(None, ["dataset.name=isic"])["train"]["interpolation"] == "linear"
+    assert config.load(None, ["dataset.name=acdc", "train.interpolation=linear"])["train"]["interpolation"] == "linear"
+    assert config.load(None, ["dataset.name=acdc"])["eval"]["interpolation"] == "linear"  # a protocol choice
+
+
 def test_experiment_id_spells_settings():
     cfg = config.load(None, ["dataset.name=la", "dataset.labeled=8", "train.seed=1"])
     assert config.experiment_id(cfg) == "la/crossmatch/l8/tau0.75-eta0.3/s1"
