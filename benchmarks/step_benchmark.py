@@ -76,7 +76,7 @@ ALLOCATORS = {
 
 def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, device: str,
             tune: bool, batch_size: int | None = None, crop: list[int] | None = None,
-            precision: str = "auto") -> dict:
+            precision: str = "auto", channels_last: bool = False) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -106,6 +106,10 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
     b, crop = shape["batch"], shape["crop"]
     batch = {"x": torch.rand(b, 1, *crop, device=dev), "y": _rings(b, crop, spec.n_classes).to(dev),
              "u": torch.rand(b, 1, *crop, device=dev), "u_mix": torch.rand(b, 1, *crop, device=dev)}
+    if channels_last and spec.dim == 3:  # (2D networks are channels-last already: make_model)
+        fmt = torch.channels_last_3d
+        trainer.model.to(memory_format=fmt)
+        batch.update({k: batch[k].contiguous(memory_format=fmt) for k in ("x", "u", "u_mix")})
 
     first = trainer.stages[-1][1]  # a staged method (BCP) is timed in its last, main stage
 
@@ -145,7 +149,8 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
            "crop": crop, "seconds_per_iter": seconds, "seconds_all": times,
            "gflop_per_iter": gflop, "gflop_per_s": gflop / seconds,
            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
-           "device": str(dev), "threads": threads, "precision": trainer.precision.name}
+           "device": str(dev), "threads": threads, "precision": trainer.precision.name,
+           "channels_last": channels_last or spec.dim == 2}
     if dev.type == "cuda":
         out["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
         out["gpu"] = torch.cuda.get_device_name()
@@ -207,12 +212,14 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="train.precision (auto: fp32 on CPU, bf16 on CUDA where the GPU has it)")
+    p.add_argument("--channels-last", action="store_true", help="3D: the V-Net and its inputs in "
+                   "channels_last_3d memory (2D networks are channels-last already)")
     p.add_argument("--out", type=Path)
     p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.single:
         print(json.dumps(run_one(a.dataset, a.variants[0], a.iters, a.warmup, a.threads, a.device, a.tune,
-                                 a.batch, a.crop, a.precision)))
+                                 a.batch, a.crop, a.precision, a.channels_last)))
         return
     import torch
     results = []
@@ -228,7 +235,8 @@ def main() -> None:
                    "--iters", str(a.iters), "--warmup", str(a.warmup), "--threads", str(a.threads),
                    "--device", a.device, "--precision", a.precision] + (["--tune"] if tune else []) + \
                 (["--batch", str(a.batch)] if a.batch else []) + \
-                (["--crop", *map(str, a.crop)] if a.crop else [])
+                (["--crop", *map(str, a.crop)] if a.crop else []) + \
+                (["--channels-last"] if a.channels_last else [])
             res = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if res.returncode:
                 sys.exit(f"{variant} ({alloc}) failed:\n{res.stderr[-3000:]}")

@@ -34,6 +34,17 @@ def _single(variant: str, batch: int = 1, crop: tuple[int, ...] = ()) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+
+def test_step_benchmark_times_the_vnet_in_channels_last_3d_memory():
+    """--channels-last: the V-Net and its inputs in channels_last_3d, the same
+    arithmetic as the contiguous step (a memory format changes no result)."""
+    out = [json.loads(subprocess.run(
+        [sys.executable, str(SCRIPT), "--single", "--dataset", "la", "--variants", "network", "--batch", "1",
+         "--crop", "32", "32", "32", "--iters", "1", "--warmup", "0", "--threads", "1", *flag],
+        capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]) for flag in ([], ["--channels-last"])]
+    assert [r["channels_last"] for r in out] == [False, True]
+    assert out[0]["gflop_per_iter"] == pytest.approx(out[1]["gflop_per_iter"])
+
 @pytest.mark.slow
 def test_flop_count_scales_with_the_batch_and_shows_what_stacking_costs():
     """The README reads GFLOP/s to tell machine speed from code speed. The
