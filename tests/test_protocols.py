@@ -234,7 +234,10 @@ def test_write_evidence(tmp_path):
 @pytest.mark.realdata
 def test_bf16_inference_agrees_with_fp32_on_real_acdc(roots, tmp_path):
     """A briefly trained model's label maps of real ACDC test volumes under
-    bf16 autocast against fp32: Dice between the two maps at least 0.99."""
+    bf16 autocast against fp32: Dice between the two maps at least 0.99.
+    The model trains with linear interpolation, as when the check was set: 150
+    iterations with ACDC's order-0 default leave a less confident model, whose
+    maps agree to 0.95 on patient011_frame01 (noted under issue 16)."""
     from crossmatch.data.h5 import read_case
     from crossmatch.data.specs import get_spec
     from crossmatch.evaluate import load_run, predict_volume
@@ -243,7 +246,7 @@ def test_bf16_inference_agrees_with_fp32_on_real_acdc(roots, tmp_path):
     over = {"dataset": {"name": "acdc", "root": str(roots / "acdc"), "labeled": 3},
             "method": {"name": "supervised"},
             "train": {"iterations": 150, "batch_size": 4, "crop": [64, 64], "val_every": 0, "num_workers": 0,
-                      "ckpt_every": 150}}
+                      "ckpt_every": 150, "interpolation": "linear"}}
     run = tmp_path / "run"
     train(config.resolve(over), run)
     cfg = load_run(run)
