@@ -31,10 +31,14 @@ Results are written as JSON.
 
   python benchmarks/step_benchmark.py --dataset acdc --out benchmarks/results/cpu_acdc.json
   python benchmarks/step_benchmark.py --dataset la --iters 2 --out benchmarks/results/cpu_la.json
+  python benchmarks/step_benchmark.py --dataset la --variants network supervised --allocators tuned \
+      --precision fp32 bf16 --memory-formats contiguous channels_last --rounds 2 \
+      --out benchmarks/results/cpu_la_memory_format.json
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -210,16 +214,22 @@ def main() -> None:
     p.add_argument("--crop", type=int, nargs="+", default=None, help="patch size (default: the "
                    "reference's, ACDC 256 256, LA 112 112 80)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="train.precision (auto: fp32 on CPU, bf16 on CUDA where the GPU has it)")
+    p.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "fp32", "bf16", "fp16"],
+                   help="train.precision, one or several timed back to back (auto: fp32 on CPU, bf16 "
+                   "on CUDA where the GPU has it)")
     p.add_argument("--channels-last", action="store_true", help="3D: the V-Net and its inputs in "
                    "channels_last_3d memory (2D networks are channels-last already)")
+    p.add_argument("--memory-formats", nargs="+", choices=["contiguous", "channels_last"], default=None,
+                   help="3D: time each variant in these memory formats back to back (overrides "
+                   "--channels-last)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the whole set this many times, so that "
+                   "ratios can be taken within a round")
     p.add_argument("--out", type=Path)
     p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.single:
         print(json.dumps(run_one(a.dataset, a.variants[0], a.iters, a.warmup, a.threads, a.device, a.tune,
-                                 a.batch, a.crop, a.precision, a.channels_last)))
+                                 a.batch, a.crop, a.precision[0], a.channels_last)))
         return
     import torch
     results = []
@@ -227,25 +237,27 @@ def main() -> None:
     from crossmatch.methods import get_method
     dim = get_spec(a.dataset).dim
     variants = [v for v in a.variants if dim in get_method(VARIANTS[v][0]["name"]).dims]
-    for alloc in a.allocators:
-        for variant in variants:
-            alloc_env, tune = ALLOCATORS[alloc]
-            env = {**os.environ, **alloc_env, "PYTHONPATH": str(REPO)}
-            cmd = [sys.executable, __file__, "--single", "--dataset", a.dataset, "--variants", variant,
-                   "--iters", str(a.iters), "--warmup", str(a.warmup), "--threads", str(a.threads),
-                   "--device", a.device, "--precision", a.precision] + (["--tune"] if tune else []) + \
-                (["--batch", str(a.batch)] if a.batch else []) + \
-                (["--crop", *map(str, a.crop)] if a.crop else []) + \
-                (["--channels-last"] if a.channels_last else [])
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if res.returncode:
-                sys.exit(f"{variant} ({alloc}) failed:\n{res.stderr[-3000:]}")
-            r = json.loads(res.stdout.strip().splitlines()[-1])
-            r.update(allocator=alloc, allocator_env=alloc_env, tune_allocator=tune)
-            results.append(r)
-            print(f"{a.dataset:5s} {alloc:8s} {variant:24s} {r['seconds_per_iter']:7.2f} s/it  "
-                  f"{r['gflop_per_iter']:7.1f} GFLOP ({r['gflop_per_s']:5.1f} GFLOP/s)  "
-                  f"peak RSS {r['peak_rss_gib']:5.2f} GiB", flush=True)
+    formats = a.memory_formats or (["channels_last"] if a.channels_last else ["contiguous"])
+    # the settings compared vary innermost, so each comparison is timed back to back
+    for rnd, alloc, variant, precision, fmt in itertools.product(range(a.rounds), a.allocators, variants,
+                                                                 a.precision, formats):
+        alloc_env, tune = ALLOCATORS[alloc]
+        env = {**os.environ, **alloc_env, "PYTHONPATH": str(REPO)}
+        cmd = [sys.executable, __file__, "--single", "--dataset", a.dataset, "--variants", variant,
+               "--iters", str(a.iters), "--warmup", str(a.warmup), "--threads", str(a.threads),
+               "--device", a.device, "--precision", precision] + (["--tune"] if tune else []) + \
+            (["--batch", str(a.batch)] if a.batch else []) + \
+            (["--crop", *map(str, a.crop)] if a.crop else []) + \
+            (["--channels-last"] if fmt == "channels_last" else [])
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if res.returncode:
+            sys.exit(f"{variant} ({alloc}, {precision}, {fmt}) failed:\n{res.stderr[-3000:]}")
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        r.update(allocator=alloc, allocator_env=alloc_env, tune_allocator=tune, round=rnd)
+        results.append(r)
+        print(f"{a.dataset:5s} {alloc:8s} {variant:24s} {r['precision']:5s} {fmt:13s} "
+              f"{r['seconds_per_iter']:7.2f} s/it  {r['gflop_per_iter']:7.1f} GFLOP ({r['gflop_per_s']:5.1f} "
+              f"GFLOP/s)  peak RSS {r['peak_rss_gib']:5.2f} GiB", flush=True)
     doc = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                        "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
                        "matmul_gflop_per_s": matmul_rate(a.threads) if a.device == "cpu" else None},

@@ -19,10 +19,11 @@ def _weights(path):
     return torch.load(path, weights_only=False)["model"]
 
 
-@pytest.mark.parametrize("method,workers", [("crossmatch", 0), pytest.param("crossmatch", 1, marks=pytest.mark.slow),
-                                            ("supervised", 0)])
-def test_killed_and_resumed_run_equals_uninterrupted(acdc_root, tmp_path, method, workers):
-    raw = tiny_overrides(acdc_root, iterations=6, ckpt_every=2, num_workers=workers)
+@pytest.mark.parametrize("method,workers,precision", [
+    ("crossmatch", 0, "fp32"), pytest.param("crossmatch", 1, "fp32", marks=pytest.mark.slow),
+    ("supervised", 0, "fp32"), ("crossmatch", 0, "bf16")])
+def test_killed_and_resumed_run_equals_uninterrupted(acdc_root, tmp_path, method, workers, precision):
+    raw = tiny_overrides(acdc_root, iterations=6, ckpt_every=2, num_workers=workers, precision=precision)
     raw["method"] = {"name": method}
     cfg = config.resolve(raw)
     full = train(cfg, tmp_path / "full")
