@@ -24,6 +24,9 @@ next one runs):
 
 ``--smoke`` runs every section on the CPU at toy sizes (fp32 and bf16), in
 seconds: a check of this script, not a measurement (tests/test_benchmark.py).
+``--cpu`` runs the real sizes on the CPU in fp32 and bf16 (4 windows per
+pass), for the CPU's ratios, e.g. of LA's evaluation:
+``python benchmarks/gpu_check.py --cpu --sections inference --reps 1 --out ...``.
 """
 from __future__ import annotations
 
@@ -52,6 +55,10 @@ PLANS = {
     "gpu": {"device": "cuda", "precisions": ["fp32", "bf16", "fp16"], "e2e_iterations": 60,
             "acdc": {"batch": None, "crop": None, "case": (10, 256, 216), "window": None},  # a typical frame
             "la": {"batch": None, "crop": None, "case": (183, 140, 88), "window": None}},   # UA-MT's crop
+    # the real sizes on the CPU, for the CPU's bf16 / fp32 ratios (slow: the sections one wants only)
+    "cpu": {"device": "cpu", "precisions": ["fp32", "bf16"], "e2e_iterations": 60, "window_batches": (4,),
+            "acdc": {"batch": None, "crop": None, "case": (10, 256, 216), "window": None},
+            "la": {"batch": None, "crop": None, "case": (183, 140, 88), "window": None}},
     "smoke": {"device": "cpu", "precisions": ["fp32", "bf16"], "e2e_iterations": 4,
               "acdc": {"batch": 2, "crop": [32, 32], "case": (2, 40, 36), "window": (32, 32)},
               # 48x48x32, not 32x32x16: at a V-Net bottleneck of 2x2x1 or 2x2x2 voxels the
@@ -110,7 +117,7 @@ def inference(plan: dict, reps: int) -> list[dict]:
         stride = tuple(min(s, c) for s, c in zip(cfg["eval"]["stride"], crop)) if spec.dim == 3 else None
         for precision in plan["precisions"]:
             autocast = pick_precision(precision, dev).autocast
-            for window_batch in ((1, 4, 16) if spec.dim == 3 else (None,)):
+            for window_batch in (plan.get("window_batches", (1, 4, 16)) if spec.dim == 3 else (None,)):
                 def predict():
                     if spec.dim == 3:
                         return sliding_window_3d(model, volume, crop, stride, spec.n_classes,
@@ -189,14 +196,16 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--sections", nargs="+", default=["steps", "inference", "end_to_end"])
     p.add_argument("--smoke", action="store_true", help="every section on the CPU at toy sizes (checks the script)")
+    p.add_argument("--cpu", action="store_true", help="the real sizes on the CPU in fp32 and bf16 (e.g. "
+                   "--sections inference for the CPU's evaluation ratios)")
     a = p.parse_args()
     import torch
-    plan = PLANS["smoke" if a.smoke else "gpu"]
+    plan = PLANS["smoke" if a.smoke else "cpu" if a.cpu else "gpu"]
     if plan["device"] == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device here (torch.cuda.is_available() is False); --smoke checks the "
                  "script on the CPU")
     cuda = plan["device"] == "cuda"
-    doc = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "smoke": a.smoke,
+    doc = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "smoke": a.smoke, "cpu": a.cpu,
            "machine": {"gpu": torch.cuda.get_device_name() if cuda else None, "torch": torch.__version__,
                        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
                        "bf16": torch.cuda.is_bf16_supported() if cuda else None,

@@ -118,3 +118,32 @@ def test_precision_parity_pairs_seeds_and_judges_the_mean_against_the_seed_noise
     assert final["seed_noise_pooled_std"] == pytest.approx((0.0448 / 4) ** 0.5, rel=1e-6)
     assert final["within_seed_noise"] is True
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_loss_terms_puts_our_log_in_the_reference_logs_terms(tmp_path):
+    """The reference prints per-epoch running means (over the epoch's first
+    Iters + 1 iterations); ours are averaged over the same iterations, with
+    Loss s and Loss KD formed from our terms as the reference's script forms them."""
+    sys.path.insert(0, str(SCRIPT.parent / "reference"))
+    try:
+        from loss_terms import our_epochs, reference_epochs
+    finally:
+        sys.path.remove(str(SCRIPT.parent / "reference"))
+    log = tmp_path / "train.log"
+    log.write_text("[t][ INFO] ===========> Epoch: 0, LR: 0.01000, Previous best: 0.00, TH: 0.9500\n"
+                   "[t][ INFO] Iters: 0, Total loss: 0.9, Loss x: 1.0, Loss s: 0.8, Loss KD: 0.7, Mask ratio: 0.1\n"
+                   "[t][ INFO] Iters: 1, Total loss: 0.8, Loss x: 0.9, Loss s: 0.7, Loss KD: 0.6, Mask ratio: 0.2\n"
+                   "[t][ INFO] ===========> Epoch: 1, LR: 0.00900, Previous best: 0.00, TH: 0.9500\n"
+                   "[t][ INFO] Iters: 0, Total loss: 0.5, Loss x: 0.4, Loss s: 0.3, Loss KD: 0.2, Mask ratio: 0.9\n")
+    ref = reference_epochs(log)
+    assert ref == {0: {"iters": 2, "loss_x": 0.9, "loss_s": 0.7, "loss_kd": 0.6, "mask_ratio": 0.2},
+                   1: {"iters": 1, "loss_x": 0.4, "loss_s": 0.3, "loss_kd": 0.2, "mask_ratio": 0.9}}
+    terms = ["sup", "ip_s1", "ip_s2", "tkd_w_dw", "tkd_w_ds", "tkd_s_dw", "tkd_s_ds", "dkd_dw", "dkd_ds", "mask_ratio"]
+    rows = [[1, *[0.2] * 10], [2, *[0.4] * 10], [3, *[0.9] * 10], [4, 1.0, 0.1, 0.3, 0.1, 0.1, 0.1, 0.5, 0.2, 0.4, 0.5]]
+    pd_rows = "\n".join(",".join(map(str, r)) for r in rows)
+    (tmp_path / "log.csv").write_text("iteration," + ",".join(terms) + "\n" + pd_rows + "\n")
+    ours = our_epochs(tmp_path / "log.csv", epoch_length=3, spans={0: 2, 1: 1}, eta=0.3)
+    assert ours[0]["loss_x"] == pytest.approx(0.3) and ours[0]["mask_ratio"] == pytest.approx(0.3)
+    # epoch 1 = iteration 4: s = (0.1 + 0.3) / 2, kd = 0.7 * mean(0.1, 0.1, 0.1, 0.5) + 0.3 * mean(0.2, 0.4)
+    assert ours[1]["loss_s"] == pytest.approx(0.2)
+    assert ours[1]["loss_kd"] == pytest.approx(0.7 * 0.2 + 0.3 * 0.3)
