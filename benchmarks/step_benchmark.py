@@ -80,7 +80,7 @@ ALLOCATORS = {
 
 def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, device: str,
             tune: bool, batch_size: int | None = None, crop: list[int] | None = None,
-            precision: str = "auto", channels_last: bool = False) -> dict:
+            precision: str = "auto", channels_last: bool = True) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -110,10 +110,8 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
     b, crop = shape["batch"], shape["crop"]
     batch = {"x": torch.rand(b, 1, *crop, device=dev), "y": _rings(b, crop, spec.n_classes).to(dev),
              "u": torch.rand(b, 1, *crop, device=dev), "u_mix": torch.rand(b, 1, *crop, device=dev)}
-    if channels_last and spec.dim == 3:  # (2D networks are channels-last already: make_model)
-        fmt = torch.channels_last_3d
-        trainer.model.to(memory_format=fmt)
-        batch.update({k: batch[k].contiguous(memory_format=fmt) for k in ("x", "u", "u_mix")})
+    if not channels_last:  # the trainer's networks are channels-last (make_model): undo it
+        trainer.model.to(memory_format=torch.contiguous_format)
 
     first = trainer.stages[-1][1]  # a staged method (BCP) is timed in its last, main stage
 
@@ -154,7 +152,7 @@ def run_one(dataset: str, variant: str, iters: int, warmup: int, threads: int, d
            "gflop_per_iter": gflop, "gflop_per_s": gflop / seconds,
            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
            "device": str(dev), "threads": threads, "precision": trainer.precision.name,
-           "channels_last": channels_last or spec.dim == 2}
+           "channels_last": channels_last}
     if dev.type == "cuda":
         out["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
         out["gpu"] = torch.cuda.get_device_name()
@@ -217,11 +215,9 @@ def main() -> None:
     p.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "fp32", "bf16", "fp16"],
                    help="train.precision, one or several timed back to back (auto: fp32 on CPU, bf16 "
                    "on CUDA where the GPU has it)")
-    p.add_argument("--channels-last", action="store_true", help="3D: the V-Net and its inputs in "
-                   "channels_last_3d memory (2D networks are channels-last already)")
-    p.add_argument("--memory-formats", nargs="+", choices=["contiguous", "channels_last"], default=None,
-                   help="3D: time each variant in these memory formats back to back (overrides "
-                   "--channels-last)")
+    p.add_argument("--memory-formats", nargs="+", choices=["channels_last", "contiguous"],
+                   default=["channels_last"], help="the networks' memory format, one or several timed back "
+                   "to back (channels_last: the trainer's, make_model; contiguous: NCHW / NCDHW)")
     p.add_argument("--rounds", type=int, default=1, help="repeat the whole set this many times, so that "
                    "ratios can be taken within a round")
     p.add_argument("--out", type=Path)
@@ -229,7 +225,7 @@ def main() -> None:
     a = p.parse_args()
     if a.single:
         print(json.dumps(run_one(a.dataset, a.variants[0], a.iters, a.warmup, a.threads, a.device, a.tune,
-                                 a.batch, a.crop, a.precision[0], a.channels_last)))
+                                 a.batch, a.crop, a.precision[0], a.memory_formats[0] == "channels_last")))
         return
     import torch
     results = []
@@ -237,10 +233,9 @@ def main() -> None:
     from crossmatch.methods import get_method
     dim = get_spec(a.dataset).dim
     variants = [v for v in a.variants if dim in get_method(VARIANTS[v][0]["name"]).dims]
-    formats = a.memory_formats or (["channels_last"] if a.channels_last else ["contiguous"])
     # the settings compared vary innermost, so each comparison is timed back to back
     for rnd, alloc, variant, precision, fmt in itertools.product(range(a.rounds), a.allocators, variants,
-                                                                 a.precision, formats):
+                                                                 a.precision, a.memory_formats):
         alloc_env, tune = ALLOCATORS[alloc]
         env = {**os.environ, **alloc_env, "PYTHONPATH": str(REPO)}
         cmd = [sys.executable, __file__, "--single", "--dataset", a.dataset, "--variants", variant,
@@ -248,7 +243,7 @@ def main() -> None:
                "--device", a.device, "--precision", precision] + (["--tune"] if tune else []) + \
             (["--batch", str(a.batch)] if a.batch else []) + \
             (["--crop", *map(str, a.crop)] if a.crop else []) + \
-            (["--channels-last"] if fmt == "channels_last" else [])
+            ["--memory-formats", fmt]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if res.returncode:
             sys.exit(f"{variant} ({alloc}, {precision}, {fmt}) failed:\n{res.stderr[-3000:]}")

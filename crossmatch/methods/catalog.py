@@ -111,7 +111,7 @@ CROSSMATCH = MethodInfo(
         "loss_form": "reference",  # reference: (sup + .25 s1 + .25 s2 + w_kd kd) / 2; paper: sup + ip + kd
         "split_backward": True,  # back-propagate pass 2 before pass 3 (same gradient, ~half the memory)
         "tau_schedule": "constant",  # constant | reference_ramp (LA reference code, ramp over ramp_length)
-        "source_pass": "eval",  # eval | train (the reference's CutMix-source passes, see its module doc)
+        "source_pass": "train",  # train (the reference's CutMix-source passes) | eval (see its module doc)
         "ramp_length": 17000,
     },
     # the 3D settings of the LA reference code (--conf_thresh 0.75, ramped; kd weight 1);

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from ..factories import memory_format
 from ..losses import dice_loss
 from .base import Method, StepContext, register, term_logs, weighted_sum
 from .mean_teacher import sigmoid_rampup
@@ -47,10 +48,7 @@ class MCNet(Method):
 
     def __init__(self, model, spec, hp: dict):
         super().__init__(model, spec, hp)
-        decoder = model.twin_decoder()
-        if spec.dim == 2:  # the memory format make_model gives the 2D network
-            decoder = decoder.to(memory_format=torch.channels_last)
-        self.extra["decoder2"] = decoder
+        self.extra["decoder2"] = model.twin_decoder().to(memory_format=memory_format(spec.dim))
 
     def weights(self, iteration: int) -> dict[str, float]:
         """Linear weight of every named loss term at ``iteration``."""
