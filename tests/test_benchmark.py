@@ -50,6 +50,125 @@ def test_step_benchmark_times_the_vnet_in_channels_last_3d_memory(tmp_path):
     assert len({r["gflop_per_iter"] for r in res}) == 1
 
 
+def test_flop_count_scales_with_the_batch_and_shows_what_stacking_costs():
+    """The README reads GFLOP/s to tell machine speed from code speed. The
+    count is linear in the batch and the pixels (a convolutional network), and
+    stacked CrossMatch does exactly one decoder backward more than looped:
+    pass 2's clean weak-view stream is detached (the teacher), so looped
+    autograd skips its decoder, while in the stacked batch it shares the
+    batch-norm statistics of the other streams, so gradient reaches it."""
+    one, two = _single("network", 1, (64, 64)), _single("network", 2, (64, 64))
+    assert two["crop"] == [64, 64]
+    assert two["gflop_per_iter"] == pytest.approx(2 * one["gflop_per_iter"], rel=1e-9)
+    four_pixels = _single("network", 1, (128, 128))
+    assert four_pixels["gflop_per_iter"] == pytest.approx(4 * one["gflop_per_iter"], rel=1e-9)
+
+    model = UNet2d()
+    feats = [f.detach().requires_grad_() for f in model.encoder(torch.rand(1, 1, 64, 64))]
+    out = model.decoder(feats)
+    with FlopCounterMode(display=False) as counter:
+        out.sum().backward()
+    decoder_backward = counter.get_total_flops() / 1e9
+    stacked, looped = _single("crossmatch", 1, (64, 64)), _single("crossmatch_looped", 1, (64, 64))
+    assert stacked["gflop_per_iter"] - looped["gflop_per_iter"] == pytest.approx(decoder_backward, rel=1e-9)
+
+
+def test_median_step_seconds_leaves_out_validation_iterations(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from summarise_runs import median_step_seconds
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    log = tmp_path / "log.csv"
+    # cumulative seconds: 1 s steps, and a 30 s validation at iteration 4
+    log.write_text("iteration,loss,seconds,val_dice\n1,0.9,1.0,\n2,0.8,2.0,\n3,0.7,3.0,\n4,0.6,34.0,0.5\n"
+                   "5,0.5,35.0,\n6,0.4,36.0,\n")
+    assert median_step_seconds(log) == 1.0
+    assert median_step_seconds(tmp_path / "absent.csv") is None
+
+
+def test_reference_comparison_pools_the_seed_variances(tmp_path):
+    """benchmarks/reference/compare.py: the acceptance test of the fidelity issue
+    (|mean difference| within one pooled standard deviation)."""
+    script = SCRIPT.parent / "reference" / "compare.py"
+
+    def runs(path, dice):
+        rows = [{"method": "crossmatch", "checkpoint": "final", "seed": s, "dice": d} for s, d in enumerate(dice)]
+        path.write_text(json.dumps({"runs": rows}))
+        return str(path)
+
+    out = tmp_path / "parity.json"
+    res = subprocess.run([sys.executable, str(script), runs(tmp_path / "a.json", [0.40, 0.50, 0.60]),
+                          runs(tmp_path / "b.json", [0.30, 0.40]), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    row = json.loads(out.read_text())["rows"][0]
+    # sums of squares 0.02 + 0.005 over 2 + 1 degrees of freedom
+    assert row["pooled_std"] == pytest.approx((0.025 / 3) ** 0.5)
+    assert row["difference"] == pytest.approx(0.15) and row["within_one_pooled_std"] is False
+
+
+def test_reference_comparison_joins_summaries_of_seeds_run_apart(tmp_path):
+    """Seeds summarised in separate files (run on different days) count together;
+    a seed given twice on one side is refused."""
+    script = SCRIPT.parent / "reference" / "compare.py"
+
+    def runs(name, seeds):
+        rows = [{"method": "supervised", "checkpoint": "best", "seed": s, "dice": d} for s, d in seeds.items()]
+        (tmp_path / name).write_text(json.dumps({"runs": rows}))
+        return str(tmp_path / name)
+
+    a, b = runs("a01.json", {0: 0.4, 1: 0.5}), runs("a2.json", {2: 0.6})
+    ref = runs("r.json", {0: 0.3, 1: 0.4})
+    out = tmp_path / "parity.json"
+    res = subprocess.run([sys.executable, str(script), f"{a},{b}", ref, "--out", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["ours"] == {"0": 0.4, "1": 0.5, "2": 0.6} and row["ours_mean"] == pytest.approx(0.5)
+    res = subprocess.run([sys.executable, str(script), f"{a},{a}", ref], capture_output=True, text=True)
+    assert res.returncode != 0 and "seed 0 given twice" in res.stderr
+
+
+
+SPEED = SCRIPT.parent / "reference" / "speed_vs_reference.py"
+
+
+def test_speed_benchmark_without_the_reference_says_so(tmp_path):
+    res = subprocess.run([sys.executable, str(SPEED), "--reference", str(tmp_path / "absent"),
+                          "--out", str(tmp_path / "speed.json")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "skipped: no reference code at" in res.stdout and not (tmp_path / "speed.json").exists()
+
+
+def test_speed_benchmark_ratios_pair_runs_of_one_round_and_judge_the_targets():
+    """Ratios are taken within a round (side by side, back to back), then the
+    median over rounds; each target is judged on our faster precision."""
+    sys.path.insert(0, str(SPEED.parent))
+    try:
+        from speed_vs_reference import ratios, targets
+    finally:
+        sys.path.remove(str(SPEED.parent))
+    runs = []
+    for r, slow in ((0, 1.0), (1, 2.0)):  # round 1: the host at half speed, for both sides
+        for method, impl, prec, s, mem in (("crossmatch", "reference", "fp32", 2.0, 2.0),
+                                           ("crossmatch", "ours", "fp32", 1.2, 1.0),
+                                           ("crossmatch", "ours", "bf16", 0.6, 0.9),
+                                           ("supervised", "reference", "fp32", 0.25, 0.6),
+                                           ("supervised", "ours", "fp32", 0.2, 0.5),
+                                           ("supervised", "ours", "bf16", 0.12, 0.5)):
+            runs.append({"round": r, "method": method, "impl": impl, "precision": prec,
+                         "seconds_per_iteration": s * slow, "peak_rss_gib": mem})
+    rat = ratios(runs, 2)
+    assert rat["crossmatch_time_ours_bf16_vs_reference"] == {"median": 0.3, "rounds": [0.3, 0.3]}
+    assert rat["crossmatch_peak_memory_ours_fp32_vs_reference"]["median"] == 0.5
+    assert rat["crossmatch_vs_supervised_ours_fp32"]["median"] == 6.0
+    assert rat["crossmatch_vs_supervised_reference"]["median"] == 8.0
+    t = targets(rat)
+    assert t["crossmatch_time_vs_reference"] == {"target": 0.35, "measured": 0.3, "met": True}
+    assert t["crossmatch_peak_memory_vs_reference"]["measured"] == 0.45
+    assert t["crossmatch_vs_supervised_ours"]["met"] is True  # fp32 6.0, bf16 5.0
+
 @pytest.mark.slow
 def test_gpu_check_smoke_answers_every_question_and_resumes_exactly(tmp_path):
     """benchmarks/gpu_check.py waits for a GPU that most sessions never get:
