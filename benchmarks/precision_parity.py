@@ -5,10 +5,14 @@ the paired Dice differences (bf16 minus fp32), their mean, the seed noise
 (pooled std of the two sides over seeds) and whether the mean is within it;
 one figure overlays the training loss and validation Dice of every pair.
 
+  R=results/runs
   python benchmarks/precision_parity.py \
-      --fp32 results/runs/acdc_l3_cpu_sup_nearest,results/runs/acdc_l3_cpu_cm_nearest_s0 \
-      --bf16 results/runs/acdc_l3_cpu_sup_bf16,results/runs/acdc_l3_cpu_cm_bf16_s0 \
+      --fp32 $R/acdc_l3_cpu_sup_nearest,$R/acdc_l3_cpu_cm_srctrain_s0,$R/acdc_l3_cpu_cm_srctrain_s1,$R/acdc_l3_cpu_cm_srctrain_s2 \
+      --bf16 $R/acdc_l3_cpu_sup_bf16,$R/acdc_l3_cpu_cm_bf16_train_s0,$R/acdc_l3_cpu_cm_bf16_train_s1,$R/acdc_l3_cpu_cm_bf16_train_s2 \
       --out benchmarks/results/acdc_l3_cpu_bf16_parity.json
+
+(the runs: ``compare_cpu.sh`` with ``EXTRA="--set train.precision=bf16"`` for
+the bf16 side, one ``RUNS`` folder per seed; docs/training.md.)
 
 Each side is one or more runs folders (``<folder>/<method>/s<seed>/``, as
 ``compare_cpu.sh`` writes them), comma-separated; only (method, seed) pairs
