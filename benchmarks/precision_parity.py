@@ -57,8 +57,9 @@ def score(run: Path, checkpoint: str) -> float:
 def parity(fp32: dict[tuple[str, int], Path], bf16: dict[tuple[str, int], Path]) -> list[dict]:
     """One row per (method, checkpoint) with paired seeds."""
     rows = []
-    for method in sorted({m for m, _ in fp32 if any(k[0] == m for k in bf16)}):
-        seeds = sorted(s for m, s in fp32 if m == method and (m, s) in bf16)
+    pairs = sorted(set(fp32) & set(bf16))
+    for method in dict.fromkeys(m for m, _ in pairs):
+        seeds = [s for m, s in pairs if m == method]
         for ckpt in CHECKPOINTS:
             a = {s: score(fp32[method, s], ckpt) for s in seeds}
             b = {s: score(bf16[method, s], ckpt) for s in seeds}

@@ -266,3 +266,25 @@ def test_loss_terms_puts_our_log_in_the_reference_logs_terms(tmp_path):
     # epoch 1 = iteration 4: s = (0.1 + 0.3) / 2, kd = 0.7 * mean(0.1, 0.1, 0.1, 0.5) + 0.3 * mean(0.2, 0.4)
     assert ours[1]["loss_s"] == pytest.approx(0.2)
     assert ours[1]["loss_kd"] == pytest.approx(0.7 * 0.2 + 0.3 * 0.3)
+
+
+def test_precision_parity_and_loss_terms_name_what_is_missing(tmp_path):
+    """No pair of runs, a run not evaluated at one checkpoint, a reference log
+    without its loss lines: each stops with the file or the fix named."""
+    _fake_run(tmp_path / "fp32", "crossmatch", 0, 0.5, 0.5)
+    _fake_run(tmp_path / "bf16", "crossmatch", 1, 0.5, 0.5)
+    cmd = [sys.executable, str(PARITY), "--fp32", str(tmp_path / "fp32"), "--bf16", str(tmp_path / "bf16"),
+           "--out", str(tmp_path / "p.json")]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode != 0 and "no (method, seed) is evaluated on both sides" in res.stderr
+    _fake_run(tmp_path / "bf16", "crossmatch", 0, 0.5, 0.5)
+    (tmp_path / "bf16" / "crossmatch" / "s0" / "eval" / "best" / "summary.json").unlink()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode != 0 and "best/summary.json missing: evaluate the run" in res.stderr
+    assert not (tmp_path / "p.json").exists()
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "train.log").write_text("[t][ INFO] ===========> Epoch: 0, LR: 0.01000\n")
+    res = subprocess.run([sys.executable, str(SCRIPT.parent / "reference" / "loss_terms.py"), "--ours",
+                          str(tmp_path / "fp32" / "crossmatch" / "s0"), "--reference", str(tmp_path / "ref")],
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "train.log: no 'Iters: ...' lines" in res.stderr
