@@ -60,7 +60,11 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "weight_decay": (1e-4, "weight decay"),
         "poly_power": (0.9, "poly schedule: lr * (1 - it / poly_iterations) ** power"),
         "poly_iterations": (None, "length of the poly schedule (default: iterations)"),
-        "seed": (0, "seed of weights, sampling, augmentation and dropout"),
+        "seed": (0, "seed of weights, sampling, augmentation and dropout (sampling and weak views: see data_seed)"),
+        "data_seed": (None, "seed of the data stream alone: which cases each batch draws, in which order, "
+                            "and their weak views and crops (default: train.seed; strong views, CutMix "
+                            "boxes, dropout and weights stay with train.seed). One value for every seed "
+                            "gives the protocol of the reference codes, whose seeds share one data order"),
         "val_every": (200, "validate every N iterations (0: never; best = final)"),
         "ckpt_every": (500, "write the resumable checkpoint every N iterations"),
         "snapshots": (True, "keep the weights of every validation point (checkpoints/snapshots/) for the "
@@ -184,6 +188,9 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     for key in ("iterations", "batch_size", "ckpt_every", "log_every"):
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
+    if t["data_seed"] is not None and (isinstance(t["data_seed"], bool) or not isinstance(t["data_seed"], int)
+                                       or t["data_seed"] < 0):
+        raise ConfigError(f"train.data_seed must be an integer >= 0 or null (train.seed), got {t['data_seed']!r}")
     if t["val_every"] < 0:
         raise ConfigError(f"train.val_every must be >= 0 (0: never), got {t['val_every']}")
     if cfg["model"]["width"] < 1:

@@ -311,8 +311,8 @@ class Trainer:
         log = CsvLog(run.log, self.start)
         data = IterationBatches(self.splits.labeled,
                                 self.splits.unlabeled if self.method_cls.info.uses_unlabeled else None,
-                                t["batch_size"], tuple(t["crop"]), self.spec.n_classes, t["seed"],
-                                t["interpolation"])
+                                t["batch_size"], tuple(t["crop"]), self.spec.n_classes,
+                                t["seed"] if t["data_seed"] is None else t["data_seed"], t["interpolation"])
         stop = t["iterations"] if stop_after is None else min(t["iterations"], self.start + stop_after)
         loader = iteration_loader(data, self.start, stop, t["num_workers"], pin_memory=self.device.type == "cuda")
 

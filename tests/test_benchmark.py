@@ -245,7 +245,7 @@ def test_loss_terms_puts_our_log_in_the_reference_logs_terms(tmp_path):
     Loss s and Loss KD formed from our terms as the reference's script forms them."""
     sys.path.insert(0, str(SCRIPT.parent / "reference"))
     try:
-        from loss_terms import our_epochs, reference_epochs
+        from loss_terms import our_epochs, our_intervals, plateau_exit, reference_epochs, reference_intervals
     finally:
         sys.path.remove(str(SCRIPT.parent / "reference"))
     log = tmp_path / "train.log"
@@ -266,6 +266,16 @@ def test_loss_terms_puts_our_log_in_the_reference_logs_terms(tmp_path):
     # epoch 1 = iteration 4: s = (0.1 + 0.3) / 2, kd = 0.7 * mean(0.1, 0.1, 0.1, 0.5) + 0.3 * mean(0.2, 0.4)
     assert ours[1]["loss_s"] == pytest.approx(0.2)
     assert ours[1]["loss_kd"] == pytest.approx(0.7 * 0.2 + 0.3 * 0.3)
+    # intervals between printed lines, from the running means: iteration 2 alone is 2 x 0.7 - 0.8
+    iv = reference_intervals(log, epoch_length=3)
+    assert [(i["end"], i["iterations"]) for i in iv] == [(1, 1), (2, 1), (4, 1)]
+    assert iv[1]["loss_s"] == pytest.approx(0.6) and iv[1]["loss_x"] == pytest.approx(0.8)
+    assert [i["loss_x"] for i in our_intervals(tmp_path / "log.csv", iv, eta=0.3)] == pytest.approx([0.2, 0.4, 1.0])
+    # the plateau exit: the first long enough interval under the threshold once 0.75 was reached
+    flat = lambda *s: [{"end": 38 * (k + 1), "iterations": 38, "loss_s": v} for k, v in enumerate(s)]  # noqa: E731
+    assert plateau_exit(flat(0.6, 0.75, 0.75, 0.72, 0.65, 0.4)) == 190  # the early 0.6 is before the plateau
+    assert plateau_exit(flat(0.6, 0.75, 0.75, 0.75)) is None
+    assert plateau_exit(flat(0.75) + [{"end": 39, "iterations": 1, "loss_s": 0.3}]) is None
 
 
 def test_precision_parity_and_loss_terms_name_what_is_missing(tmp_path):

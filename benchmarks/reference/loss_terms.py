@@ -15,6 +15,15 @@ part of the step the runs differ in.
       --out benchmarks/results/acdc_l3_cpu_cm_loss_terms.json
 
 Reference runs are ``run_reference_acdc.sh`` folders (their ``train.log``).
+
+Between two printed lines of one epoch the running means give the mean over
+that interval alone (38 iterations at the README budget); ``intervals`` of
+the JSON holds them per run, ours over the same iterations. They show the
+plateau every run starts with: while the confident pseudo-labels hold no
+foreground, the strong-view Dice loss sits at (classes - 1) / classes (0.75
+for ACDC) with a gradient of nearly zero, and CrossMatch is a supervised
+run at half the rate. ``plateau_exit`` is the end of the first interval,
+after the plateau is reached, whose Loss s falls below ``--exit-below``.
 """
 from __future__ import annotations
 
@@ -47,13 +56,64 @@ def reference_epochs(train_log: Path) -> dict[int, dict]:
     return out
 
 
-def our_epochs(log_csv: Path, epoch_length: int, spans: dict[int, int], eta: float) -> dict[int, dict]:
-    """Our log's means of the same quantities over the same iterations."""
-    log = pd.read_csv(log_csv)
+def reference_intervals(train_log: Path, epoch_length: int) -> list[dict]:
+    """Means over each interval between two printed lines of an epoch (from the
+    running means); ``end`` is the interval's last iteration, counted from 1."""
+    out: list[dict] = []
+    epoch, prev = None, None
+    for line in train_log.read_text().splitlines():
+        if m := EPOCH.search(line):
+            epoch, prev = int(m.group(1)), None
+        elif (m := LINE.search(line)) and epoch is not None:
+            n, vals = int(m.group(1)) + 1, dict(zip(TERMS, map(float, m.groups()[1:])))
+            n0, v0 = prev or (0, dict.fromkeys(TERMS, 0.0))
+            if n > n0:
+                out.append({"end": epoch * epoch_length + n, "iterations": n - n0,
+                            **{t: (vals[t] * n - v0[t] * n0) / (n - n0) for t in TERMS}})
+            prev = n, vals
+    return out
+
+
+def _reference_terms(log: pd.DataFrame, eta: float) -> pd.DataFrame:
+    """Our log's columns combined as the reference's script combines its terms."""
+    log = log.copy()
     log["loss_x"] = log["sup"]
     log["loss_s"] = (log["ip_s1"] + log["ip_s2"]) / 2
     tkd = log[["tkd_w_dw", "tkd_w_ds", "tkd_s_dw", "tkd_s_ds"]].mean(axis=1)
     log["loss_kd"] = (1 - eta) * tkd + eta * log[["dkd_dw", "dkd_ds"]].mean(axis=1)
+    return log
+
+
+def our_intervals(log_csv: Path, intervals: list[dict], eta: float) -> list[dict]:
+    """Our log's means over the reference's intervals (those our run covers)."""
+    log = _reference_terms(pd.read_csv(log_csv), eta)
+    out = []
+    for iv in intervals:
+        seg = log[(log["iteration"] > iv["end"] - iv["iterations"]) & (log["iteration"] <= iv["end"])]
+        if len(seg) == iv["iterations"]:
+            out.append({"end": iv["end"], "iterations": iv["iterations"],
+                        **{t: float(seg[t].mean()) for t in TERMS}})
+    return out
+
+
+def plateau_exit(intervals: list[dict], n_classes: int = 4, below: float = 0.7,
+                 min_length: int = 10) -> int | None:
+    """The end of the first interval after the strong-view loss reached its
+    plateau ((classes - 1) / classes, within 0.01) whose mean falls below
+    ``below``; intervals shorter than ``min_length`` (an epoch's first line,
+    one iteration) are too noisy to count."""
+    level = (n_classes - 1) / n_classes
+    reached = False
+    for iv in intervals:
+        reached = reached or iv["loss_s"] >= level - 0.01
+        if reached and iv["iterations"] >= min_length and iv["loss_s"] < below:
+            return iv["end"]
+    return None
+
+
+def our_epochs(log_csv: Path, epoch_length: int, spans: dict[int, int], eta: float) -> dict[int, dict]:
+    """Our log's means of the same quantities over the same iterations."""
+    log = _reference_terms(pd.read_csv(log_csv), eta)
     out = {}
     for epoch, iters in spans.items():
         first = epoch * epoch_length
@@ -70,6 +130,8 @@ def main() -> None:
     p.add_argument("--epoch-length", type=int, default=310, help="the reference's iterations per epoch "
                    "(ACDC, 3 labeled, batch 4: 1,243 unlabeled slices // 4 = 310)")
     p.add_argument("--eta", type=float, default=0.3)
+    p.add_argument("--exit-below", type=float, default=0.7,
+                   help="Loss s under which an interval counts as past the plateau (default 0.7)")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
     ref = {run: reference_epochs(Path(run) / "train.log") for run in a.reference.split(",")}
@@ -90,10 +152,20 @@ def main() -> None:
         cells = " | ".join("-" if r[f"ours_{t}"] is None or r[f"reference_{t}"] is None else
                            f"{r[f'ours_{t}']:.3f} / {r[f'reference_{t}']:.3f}" for t in TERMS)
         print(f"| {r['epoch']} ({r['iterations']}) | {cells} |")
+
+    ref_iv = {run: reference_intervals(Path(run) / "train.log", a.epoch_length) for run in ref}
+    grid = max(ref_iv.values(), key=len)
+    intervals = {**{run: our_intervals(Path(run) / "log.csv", grid, a.eta) for run in ours}, **ref_iv}
+    exits = {run: plateau_exit(iv, below=a.exit_below) for run, iv in intervals.items()}
+    print("\n| run | plateau exit (iteration) |\n|---|---|")
+    for run, it in exits.items():
+        print(f"| {run} | {it if it is not None else 'not within the log'} |")
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps({"ours": a.ours.split(","), "reference": a.reference.split(","),
-                                     "epoch_length": a.epoch_length, "rows": rows}, indent=2) + "\n")
+                                     "epoch_length": a.epoch_length, "rows": rows,
+                                     "exit_below": a.exit_below, "plateau_exit": exits,
+                                     "intervals": intervals}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
