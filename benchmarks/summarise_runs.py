@@ -12,6 +12,8 @@ import json
 import statistics
 from pathlib import Path
 
+import yaml
+
 
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
@@ -27,6 +29,15 @@ def median_step_seconds(log_csv: Path) -> float | None:
         seconds = [float(r["seconds"]) for r in csv.DictReader(f)]
     steps = [b - a for a, b in zip(seconds, seconds[1:])]
     return statistics.median(steps) if steps else None
+
+
+def data_seed(run: Path) -> int | None:
+    """The run's ``train.data_seed`` when it set one (its data stream then is not
+    its seed's: a run of its own, also beside another run of the same seed)."""
+    cfg = run / "config.yaml"
+    if not cfg.is_file():
+        return None
+    return ((yaml.safe_load(cfg.read_text()) or {}).get("train") or {}).get("data_seed")
 
 
 def main() -> None:
@@ -45,7 +56,8 @@ def main() -> None:
                      "train_minutes": s.get("train_seconds", 0) / 60,
                      "seconds_per_iteration": s.get("seconds_per_iteration"),
                      "median_step_seconds": median_step_seconds(path.parents[2] / "log.csv"),
-                     "n_test_cases": s["n_test_cases"]})
+                     "n_test_cases": s["n_test_cases"],
+                     **({} if (ds := data_seed(path.parents[2])) is None else {"data_seed": ds})})
     if not rows:
         raise SystemExit(f"no evaluated runs under {a.runs}")
     names = list(rows[0]["per_class_dice"])
@@ -53,7 +65,8 @@ def main() -> None:
           " | HD95 (vox) | s/iteration | median step (s) | training (min) |")
     print("|---" * (9 + len(names)) + "|")
     for r in rows:
-        print(f"| {r['method']} | {r['seed']} | {r['checkpoint']} (it {r['iteration']}) | {pct(r['dice'])} | "
+        seed = r["seed"] if "data_seed" not in r else f"{r['seed']} (data {r['data_seed']})"
+        print(f"| {r['method']} | {seed} | {r['checkpoint']} (it {r['iteration']}) | {pct(r['dice'])} | "
               + " | ".join(pct(r["per_class_dice"][n]) for n in names)
               + f" | {r['hd95_vox']:.1f} | {r['seconds_per_iteration']:.2f} | "
               + ("-" if r["median_step_seconds"] is None else f"{r['median_step_seconds']:.2f}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from crossmatch.models.unet2d import UNet2d
@@ -128,6 +129,35 @@ def test_reference_comparison_joins_summaries_of_seeds_run_apart(tmp_path):
     assert row["ours"] == {"0": 0.4, "1": 0.5, "2": 0.6} and row["ours_mean"] == pytest.approx(0.5)
     res = subprocess.run([sys.executable, str(script), f"{a},{a}", ref], capture_output=True, text=True)
     assert res.returncode != 0 and "seed 0 given twice" in res.stderr
+    # seed 0 again, with another data stream (train.data_seed): a run of its own
+    rows = [{"method": "supervised", "checkpoint": "best", "seed": 0, "data_seed": 1, "dice": 0.7}]
+    (tmp_path / "d.json").write_text(json.dumps({"runs": rows}))
+    res = subprocess.run([sys.executable, str(script), f"{a},{b},{tmp_path / 'd.json'}", ref, "--out", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["ours"] == {"0": 0.4, "1": 0.5, "2": 0.6, "0/data1": 0.7} and row["ours_mean"] == pytest.approx(0.55)
+
+
+def test_summaries_name_a_runs_own_data_seed(tmp_path):
+    """summarise_runs.py records train.data_seed where a run set one, so that
+    compare.py counts it apart from the run of the same seed."""
+    for folder, ds in (("a", None), ("b", 1)):
+        _fake_run(tmp_path / folder, "crossmatch", 0, 0.5, 0.6)
+        for ckpt in ("final", "best"):
+            f = tmp_path / folder / "crossmatch" / "s0" / "eval" / ckpt / "summary.json"
+            f.write_text(json.dumps({"mean": {"dice": {"mean": 0.5}, "hd95_vox": {"mean": 3.0},
+                                              "asd_vox": {"mean": 1.0}}, "per_class": {"1": {"dice": {"mean": 0.5}}},
+                                     "class_names": ["LV"], "iteration": 4, "n_test_cases": 1,
+                                     "seconds_per_iteration": 1.0}))
+        (tmp_path / folder / "crossmatch" / "s0" / "config.yaml").write_text(
+            yaml.safe_dump({"train": {"seed": 0, "data_seed": ds}}))
+        res = subprocess.run([sys.executable, str(SCRIPT.parent / "summarise_runs.py"), str(tmp_path / folder),
+                              "--out", str(tmp_path / f"{folder}.json")], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+    assert "data_seed" not in json.loads((tmp_path / "a.json").read_text())["runs"][0]
+    assert json.loads((tmp_path / "b.json").read_text())["runs"][0]["data_seed"] == 1
+    assert "| 0 (data 1) |" in res.stdout
 
 
 

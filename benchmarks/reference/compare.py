@@ -7,7 +7,9 @@ acceptance of the fidelity issue). Reads ``summarise_runs.py`` JSONs.
       benchmarks/results/acdc_l3_cpu_reference.json [--out benchmarks/results/acdc_l3_cpu_parity.json]
 
 Each side may be several summaries joined with commas (seeds run at different
-times); a (method, checkpoint, seed) given twice on one side is an error.
+times); a (method, checkpoint, seed) given twice on one side is an error. A
+run trained with its own ``train.data_seed`` counts as a run of its own
+("<seed>/data<k>"): its data stream is not that of the run of its seed.
 """
 from __future__ import annotations
 
@@ -18,14 +20,19 @@ import statistics
 from pathlib import Path
 
 
-def dice_by_seed(paths: str) -> dict[tuple[str, str], dict[int, float]]:
-    out: dict[tuple[str, str], dict[int, float]] = {}
+def run_key(row: dict) -> int | str:
+    """A run's name on its side: its seed, with its data seed where it set one."""
+    return row["seed"] if row.get("data_seed") is None else f"{row['seed']}/data{row['data_seed']}"
+
+
+def dice_by_seed(paths: str) -> dict[tuple[str, str], dict[int | str, float]]:
+    out: dict[tuple[str, str], dict[int | str, float]] = {}
     for path in paths.split(","):
         for r in json.loads(Path(path).read_text())["runs"]:
             seeds = out.setdefault((r["method"], r["checkpoint"]), {})
-            if r["seed"] in seeds:
-                raise SystemExit(f"{path}: {r['method']}/{r['checkpoint']} seed {r['seed']} given twice")
-            seeds[r["seed"]] = r["dice"]
+            if (key := run_key(r)) in seeds:
+                raise SystemExit(f"{path}: {r['method']}/{r['checkpoint']} seed {key} given twice")
+            seeds[key] = r["dice"]
     return out
 
 
