@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .choices import DROPOUT_TYPES, INTERPOLATIONS, LEGACY_AMP, PRECISIONS, UPSAMPLE_MODES
+from .choices import DROPOUT_TYPES, INTERPOLATIONS, LEGACY_AMP, PRECISIONS, UNLABELED_VIEWS, UPSAMPLE_MODES
 from .data.specs import get_spec
 from .data.splits import MISSING_POLICIES, SPLIT_ROLES
 from .errors import ConfigError
@@ -53,6 +53,10 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "interpolation": ("linear", "2D weak view: the image's rotation and resize, linear | nearest "
                                     "(order 0, as the ACDC reference codes; ACDC's default); labels are "
                                     "always nearest"),
+        "unlabeled_views": ("float", "2D unlabeled views: float | pil (the 2D reference codes' 8-bit PIL "
+                                     "views: the weak view floored to 1/255, brightness and contrast in a "
+                                     "random order by PIL's ImageEnhance, PIL's GaussianBlur, every result "
+                                     "8-bit; departures 4-6 of docs/fidelity.md)"),
         "optimizer": ("sgd", "sgd | adamw"),
         "lr": (0.01, "base learning rate"),
         "momentum": (0.9, "SGD momentum"),
@@ -216,6 +220,13 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
         if cfg[section]["interpolation"] not in INTERPOLATIONS:
             raise ConfigError(f"{section}.interpolation must be one of {list(INTERPOLATIONS)}, "
                               f"got {cfg[section]['interpolation']!r}")
+    if t["unlabeled_views"] not in UNLABELED_VIEWS:
+        raise ConfigError(f"train.unlabeled_views must be one of {list(UNLABELED_VIEWS)}, "
+                          f"got {t['unlabeled_views']!r}")
+    if t["unlabeled_views"] == "pil" and (spec.dim != 2 or spec.intensity_range is None
+                                           or spec.in_channels not in (1, 3)):
+        raise ConfigError(f"train.unlabeled_views: pil needs 2D images of 1 or 3 channels in a fixed "
+                          f"intensity range (ACDC, ISIC); {name} has none: use float")
     if cfg["model"]["upsample"] not in UPSAMPLE_MODES:
         raise ConfigError(f"model.upsample must be one of {UPSAMPLE_MODES}, got {cfg['model']['upsample']!r}")
     if spec.dim == 3:  # the sliding window is the training crop

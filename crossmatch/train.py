@@ -267,7 +267,8 @@ class Trainer:
         index, stage = self._stage(it)
         self.optimizer.zero_grad(set_to_none=True)
         ctx = StepContext(iteration=it, gen=self.gen, backward=self.backward, autocast=self.autocast,
-                          iterations=self.t["iterations"], stage=stage)
+                          iterations=self.t["iterations"], stage=stage,
+                          pil_views=self.t["unlabeled_views"] == "pil")
         values = self.method.training_step(batch, ctx)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -312,7 +313,8 @@ class Trainer:
         data = IterationBatches(self.splits.labeled,
                                 self.splits.unlabeled if self.method_cls.info.uses_unlabeled else None,
                                 t["batch_size"], tuple(t["crop"]), self.spec.n_classes,
-                                t["seed"] if t["data_seed"] is None else t["data_seed"], t["interpolation"])
+                                t["seed"] if t["data_seed"] is None else t["data_seed"], t["interpolation"],
+                                quantize=self.spec.intensity_range if t["unlabeled_views"] == "pil" else None)
         stop = t["iterations"] if stop_after is None else min(t["iterations"], self.start + stop_after)
         loader = iteration_loader(data, self.start, stop, t["num_workers"], pin_memory=self.device.type == "cuda")
 

@@ -114,3 +114,51 @@ def test_cutmix_box_sides_are_the_references():
     boxes = cutmix_boxes(200, (32, 32), gen, p=1.0)
     area = boxes.flatten(1).float().mean(1)
     assert boxes.flatten(1).any(1).all() and 0.0 < area.min() and area.max() <= 0.41
+
+
+def test_pil_views_are_the_references_8bit_pil_views(acdc_root, tmp_path, monkeypatch):
+    """train.unlabeled_views: pil. The unlabeled weak views are floored to 8
+    bits as the reference's (img * 255).astype(uint8); each strong view is
+    PIL's own ImageEnhance brightness and contrast, in the order drawn (both
+    orders occur), and PIL's GaussianBlur, on that 8-bit image: equal to PIL
+    to the gray level, every value on the 8-bit grid."""
+    from PIL import Image, ImageEnhance, ImageFilter
+
+    from crossmatch import config
+    from crossmatch.data.augment import _rand, quantize_8bit
+    from crossmatch.train import train
+
+    x = torch.tensor([0.0, 0.5 / 255, 1 / 255, 0.99999, 1.0])
+    assert torch.equal(quantize_8bit(x, (0.0, 1.0)) * 255, torch.tensor([0.0, 0.0, 1.0, 254.0, 255.0]))
+    rng = np.random.default_rng(0)
+    u8 = (rng.random((32, 32)) * 255).astype(np.uint8)
+    img = torch.from_numpy(u8 / 255.0).float()[None, None]
+    orders = set()
+    for seed in range(8):
+        out = strong_intensity(img, torch.Generator().manual_seed(seed), (0.0, 1.0), p_jitter=1.0, p_blur=1.0,
+                               pil=True)[0, 0].numpy() * 255
+        g = torch.Generator().manual_seed(seed)  # replay: coins, brightness, contrast, sigma, order
+        torch.rand(1, 2, generator=g)
+        b, c, s = (float(_rand(g, 1, lo, hi)) for lo, hi in ((0.5, 1.5), (0.5, 1.5), (0.1, 2.0)))
+        contrast_first = bool(torch.rand(1, generator=g) < 0.5)
+        orders.add(contrast_first)
+        pil = Image.fromarray(u8)
+        for enh, f in ((ImageEnhance.Contrast, c), (ImageEnhance.Brightness, b))[::1 if contrast_first else -1]:
+            pil = enh(pil).enhance(f)
+        expected = np.asarray(pil.filter(ImageFilter.GaussianBlur(radius=s)), float)
+        assert np.abs(out - np.round(out)).max() < 1e-3 and np.abs(out - expected).max() < 1e-3, seed
+    assert orders == {True, False}
+
+    # the trainer: unlabeled weak views on the 8-bit grid, labeled images float; CrossMatch trains
+    from crossmatch.train import Trainer
+    seen = []
+    step = Trainer.step
+    monkeypatch.setattr(Trainer, "step", lambda self, it, b: (seen.append(b), step(self, it, b))[1])
+    cfg = config.resolve({"dataset": acdc_root, "train": {"iterations": 2, "batch_size": 2, "crop": [32, 32],
+                                                          "val_every": 0, "num_workers": 0,
+                                                          "unlabeled_views": "pil"}})
+    train(cfg, tmp_path / "run")
+    on_grid = lambda t: torch.equal(t * 255, torch.round(t * 255))  # noqa: E731
+    assert all(on_grid(b["u"]) and on_grid(b["u_mix"]) and not on_grid(b["x"]) for b in seen) and len(seen) == 2
+    log = np.genfromtxt(tmp_path / "run" / "log.csv", delimiter=",", names=True)
+    assert np.isfinite(log["loss"]).all()

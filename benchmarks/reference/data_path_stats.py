@@ -14,6 +14,9 @@ statistics of each stream, with their standard errors:
 - strong views: mean / std, mean absolute change from the weak view, the
   sharpness ratio to the weak view (blur), CutMix box presence and area.
 
+Our sides: linear and order-0 interpolation with float views, and order 0
+with the reference's 8-bit PIL views (``train.unlabeled_views: pil``).
+
   python benchmarks/reference/data_path_stats.py [--samples 2000] [--out benchmarks/results/acdc_data_path_stats.json]
 
 Run from the project root after the harness setup (``run_reference_acdc.sh``
@@ -67,10 +70,16 @@ def collect(acc: dict[str, dict[str, list]], stream: str, stats: dict[str, np.nd
         acc.setdefault(stream, {}).setdefault(k, []).extend(np.asarray(v, dtype=float).tolist())
 
 
-def ours(samples: int, seed: int, interpolation: str, root: Path) -> dict:
+# our sides: name -> (train.interpolation, train.unlabeled_views)
+OURS = {"ours_linear": ("linear", "float"), "ours_nearest": ("nearest", "float"), "ours_pil": ("nearest", "pil")}
+
+
+def ours(samples: int, seed: int, interpolation: str, root: Path, views: str = "float") -> dict:
     spec = get_spec("acdc")
     splits = resolve_splits(spec, root, 3)
-    data = IterationBatches(splits.labeled, splits.unlabeled, 4, (128, 128), 4, seed, interpolation)
+    pil = views == "pil"
+    data = IterationBatches(splits.labeled, splits.unlabeled, 4, (128, 128), 4, seed, interpolation,
+                            quantize=spec.intensity_range if pil else None)
     gen = torch.Generator()
     acc: dict = {}
     for t in range(samples // 4):
@@ -79,7 +88,7 @@ def ours(samples: int, seed: int, interpolation: str, root: Path) -> dict:
         collect(acc, "labeled_image", image_stats(b["x"]))
         collect(acc, "labeled_label", label_stats(b["y"]))
         collect(acc, "weak", image_stats(b["u"]))
-        views, boxes = strong_views(b["u"], b["u_mix"], gen, 2, spec.intensity_range)
+        views, boxes = strong_views(b["u"], b["u_mix"], gen, 2, spec.intensity_range, pil=pil)
         for v, box in zip(views, boxes):
             collect(acc, "strong", strong_stats(b["u"], v, box))
     return acc
@@ -131,22 +140,22 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/acdc_data_path_stats.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
-    sides = {"ours_linear": summarise(ours(args.samples, args.seed, "linear", args.root)),
-             "ours_nearest": summarise(ours(args.samples, args.seed, "nearest", args.root)),
-             "reference": summarise(reference(args.samples, args.seed, args.work))}
+    sides = {name: summarise(ours(args.samples, args.seed, interp, args.root, views))
+             for name, (interp, views) in OURS.items()}
+    sides["reference"] = summarise(reference(args.samples, args.seed, args.work))
     rows = []
     for stream, stats in sides["reference"].items():
         for k, r in stats.items():
             row = {"stream": stream, "statistic": k, "reference": round(r["mean"], 5)}
-            for side in ("ours_linear", "ours_nearest"):
+            for side in OURS:
                 o = sides[side][stream][k]
                 row[side] = round(o["mean"], 5)
                 row[f"z_{side}"] = round((o["mean"] - r["mean"]) / max(np.hypot(o["se"], r["se"]), 1e-12), 1)
             rows.append(row)
-    print(f"{'stream':14s} {'statistic':16s} {'reference':>10s} {'ours lin':>10s} {'z':>6s} {'ours nn':>10s} {'z':>6s}")
+    print(f"{'stream':14s} {'statistic':16s} {'reference':>10s}" + "".join(f" {n[5:]:>10s} {'z':>6s}" for n in OURS))
     for r in rows:
-        print(f"{r['stream']:14s} {r['statistic']:16s} {r['reference']:10.4f} {r['ours_linear']:10.4f} "
-              f"{r['z_ours_linear']:6.1f} {r['ours_nearest']:10.4f} {r['z_ours_nearest']:6.1f}")
+        print(f"{r['stream']:14s} {r['statistic']:16s} {r['reference']:10.4f}"
+              + "".join(f" {r[n]:10.4f} {r['z_' + n]:6.1f}" for n in OURS))
     write_json(args.out, {"samples": args.samples, "seed": args.seed, "rows": rows, "sides": sides})
     print(f"wrote {args.out}")
 

@@ -11,12 +11,13 @@ Side by side with the reference code (tests/test_parity.py): the geometry
 order-0 zoom and rotation under ``interpolation="nearest"``) and the CutMix
 boxes follow it draw for draw in distribution; brightness and contrast equal
 PIL's ImageEnhance (what the reference's ColorJitter calls) up to its 8-bit
-rounding. Left as they are, and documented (docs/fidelity.md): the default
-linear interpolation of the image, float views instead of the reference's
-8-bit PIL images, a fixed brightness-then-contrast order (ColorJitter
-permutes them), an exact Gaussian blur (PIL approximates it with box blurs),
-and in 3D the 2D reference's jitter instead of the LA code's torchio bias
-field and gamma.
+rounding. By default, and documented (docs/fidelity.md): float views
+instead of the reference's 8-bit PIL images, a fixed brightness-then-contrast
+order (ColorJitter permutes them), an exact Gaussian blur (PIL approximates
+it with box blurs), and in 3D the 2D reference's jitter instead of the LA
+code's torchio bias field and gamma. ``pil=True`` (``train.unlabeled_views:
+pil``) makes the 2D strong views as the reference does, with PIL itself:
+8-bit images, the two enhancements in a random order, PIL's blur.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageEnhance, ImageFilter
 from scipy import ndimage
 
 from ..choices import INTERPOLATIONS
@@ -129,15 +131,55 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return y.squeeze(1)
 
 
+def quantize_8bit(x: torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
+    """``x`` floored to 256 levels of ``value_range``, as the 2D references'
+    ``Image.fromarray((img * 255).astype(np.uint8))`` does to [0, 1] images."""
+    lo, hi = value_range
+    levels = torch.floor(((x - lo) / (hi - lo) * 255).clamp(0, 255))
+    return levels / 255 * (hi - lo) + lo
+
+
+def _pil_intensity(x: torch.Tensor, value_range: tuple[float, float], jitter: bool, bright: float,
+                   contrast: float, contrast_first: bool, blur: bool, sigma: float) -> torch.Tensor:
+    """One ``C x H x W`` strong view made by PIL, as the 2D references make it:
+    an 8-bit image (``x`` is on the 8-bit grid, ``quantize_8bit``), ColorJitter's
+    brightness and contrast (ImageEnhance, in the drawn order; its hue and
+    saturation leave a grayscale image as it is), GaussianBlur."""
+    lo, hi = value_range
+    levels = ((x.detach().float().cpu() - lo) / (hi - lo) * 255).round().clamp(0, 255).to(torch.uint8)
+    img = Image.fromarray(levels[0].numpy() if len(levels) == 1 else levels.permute(1, 2, 0).numpy())
+    if jitter:
+        steps = [ImageEnhance.Brightness, ImageEnhance.Contrast]
+        factors = [bright, contrast]
+        if contrast_first:
+            steps, factors = steps[::-1], factors[::-1]
+        for step, factor in zip(steps, factors):
+            img = step(img).enhance(factor)
+    if blur:
+        img = img.filter(ImageFilter.GaussianBlur(radius=sigma))
+    out = torch.from_numpy(np.asarray(img, dtype=np.float32).copy())
+    out = out[None] if out.dim() == 2 else out.permute(2, 0, 1)
+    return (out / 255 * (hi - lo) + lo).to(x.device, x.dtype)
+
+
 def strong_intensity(x: torch.Tensor, gen: torch.Generator,
                      clip: tuple[float, float] | None = None, p_jitter: float = 0.8,
-                     p_blur: float = 0.5) -> torch.Tensor:
+                     p_blur: float = 0.5, pil: bool = False) -> torch.Tensor:
     """Colour jitter (brightness and contrast in [0.5, 1.5]) with probability
     ``p_jitter`` and Gaussian blur (sigma in [0.1, 2]) with ``p_blur``, drawn
-    independently per sample. Returns a new tensor."""
+    independently per sample. Returns a new tensor. ``pil``: made by PIL on
+    8-bit images of the range ``clip`` (``_pil_intensity``), the order of
+    the two enhancements drawn per sample."""
     n = x.shape[0]
     draw = torch.rand(n, 2, generator=gen)
     bright, contrast, sigma = _rand(gen, n, 0.5, 1.5), _rand(gen, n, 0.5, 1.5), _rand(gen, n, 0.1, 2.0)
+    if pil:
+        if clip is None:
+            raise ValueError("PIL strong views need the images' intensity range")
+        contrast_first = torch.rand(n, generator=gen) < 0.5
+        return torch.stack([_pil_intensity(x[i], clip, bool(draw[i, 0] < p_jitter), float(bright[i]),
+                                           float(contrast[i]), bool(contrast_first[i]),
+                                           bool(draw[i, 1] < p_blur), float(sigma[i])) for i in range(n)])
     out = []
     for i in range(n):
         xi = x[i]
@@ -206,16 +248,17 @@ def apply_cutmix(a: torch.Tensor, b: torch.Tensor, box: torch.Tensor) -> torch.T
 
 
 def strong_views(u: torch.Tensor, u_mix: torch.Tensor, gen: torch.Generator, views: int,
-                 clip: tuple[float, float] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                 clip: tuple[float, float] | None = None,
+                 pil: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The FixMatch/UniMatch strong views of the unlabeled batch ``u``: per
     view, intensity jitter + blur of ``u`` and of the CutMix source batch
     ``u_mix``, then a CutMix box pasting the source's own strong view.
     Returns the views and their boxes (on ``u``'s device), in the order the
-    random numbers are drawn from ``gen``."""
+    random numbers are drawn from ``gen``. ``pil``: ``strong_intensity``'s."""
     n, spatial = u.shape[0], tuple(u.shape[2:])
     strong, boxes = [], []
     for _ in range(views):
-        s, s_mix = strong_intensity(u, gen, clip), strong_intensity(u_mix, gen, clip)
+        s, s_mix = strong_intensity(u, gen, clip, pil=pil), strong_intensity(u_mix, gen, clip, pil=pil)
         box = cutmix_boxes(n, spatial, gen).to(u.device)
         strong.append(apply_cutmix(s, s_mix, box))
         boxes.append(box)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import weak_view
+from .augment import quantize_8bit, weak_view
 from .h5 import read_case
 
 STREAMS = {"labeled": 0, "unlabeled": 1, "mix": 2}
@@ -34,18 +34,21 @@ class IterationBatches(Dataset):
 
     Keys: ``x`` (B x C x *crop float32), ``y`` (B x *crop int64), and, when
     ``unlabeled`` is given, ``u`` and ``u_mix`` (weak views of two unlabeled
-    batches; the second is CutMix's source).
+    batches; the second is CutMix's source). ``quantize`` (an intensity
+    range): the unlabeled views floored to 256 levels of it, as the 2D
+    reference codes make them 8-bit PIL images (``train.unlabeled_views: pil``).
     """
 
     def __init__(self, labeled: list[Path], unlabeled: list[Path] | None, batch_size: int,
-                 crop: tuple[int, ...], n_classes: int, seed: int, interpolation: str = "linear"):
+                 crop: tuple[int, ...], n_classes: int, seed: int, interpolation: str = "linear",
+                 quantize: tuple[float, float] | None = None):
         if not labeled:
             raise ValueError("no labeled training files")
         if unlabeled is not None and not unlabeled:
             raise ValueError("the method needs unlabeled data but the unlabeled split is empty")
         self.labeled, self.unlabeled = list(labeled), unlabeled
         self.batch_size, self.crop, self.n_classes, self.seed = batch_size, tuple(crop), n_classes, seed
-        self.interpolation = interpolation
+        self.interpolation, self.quantize = interpolation, quantize
 
     def _sample(self, path: Path, t: int, stream: int, slot: int, with_label: bool):
         image, label, _ = read_case(path, self.n_classes, need_label=with_label)
@@ -68,8 +71,9 @@ class IterationBatches(Dataset):
         x, y = self._stream(self.labeled, t, "labeled", True)
         batch = {"x": x, "y": y}
         if self.unlabeled is not None:
-            batch["u"] = self._stream(self.unlabeled, t, "unlabeled", False)[0]
-            batch["u_mix"] = self._stream(self.unlabeled, t, "mix", False)[0]
+            for key, stream in (("u", "unlabeled"), ("u_mix", "mix")):
+                u = self._stream(self.unlabeled, t, stream, False)[0]
+                batch[key] = u if self.quantize is None else quantize_8bit(u, self.quantize)
         return batch
 
 

@@ -49,6 +49,7 @@ class StepContext:
     autocast: Callable[[], AbstractContextManager]
     iterations: int = 0   # the run's length (train.iterations), for ramps over the whole run
     stage: str = "train"  # the name of the run's stage this iteration is in (Method.stages)
+    pil_views: bool = False  # strong views made by PIL on 8-bit images (train.unlabeled_views: pil)
 
 
 class Method:

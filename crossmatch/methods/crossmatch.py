@@ -83,7 +83,7 @@ class CrossMatch(Method):
         use_fp = hp["tkd"] or hp["dkd"]
 
         # strong views: intensity jitter + blur, then CutMix from the mix batch's own strong view
-        strong, boxes = strong_views(u, u_mix, ctx.gen, views, self.spec.intensity_range)
+        strong, boxes = strong_views(u, u_mix, ctx.gen, views, self.spec.intensity_range, pil=ctx.pil_views)
 
         # 1. pseudo-labels for the mixed regions (feature dropout stays on in eval mode)
         mix, *mix_streams = source_predictions(model, u_mix, ctx, use_fp, hp["source_pass"], x)

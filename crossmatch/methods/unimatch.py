@@ -81,7 +81,7 @@ class UniMatch(Method):
         dice = dict(from_class=self.spec.dice_from_class, smooth=self.spec.dice_smooth)
         x, y, u, u_mix = batch["x"], batch["y"], batch["u"], batch["u_mix"]
         nx, n, spatial = len(x), len(u), tuple(u.shape[2:])
-        strong, boxes = strong_views(u, u_mix, ctx.gen, 2, self.spec.intensity_range)
+        strong, boxes = strong_views(u, u_mix, ctx.gen, 2, self.spec.intensity_range, pil=ctx.pil_views)
 
         # 1. teacher on the CutMix source batch, for the mixed regions of the pseudo-labels
         (mix,) = source_predictions(model, u_mix, ctx)
