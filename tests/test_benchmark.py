@@ -306,6 +306,8 @@ def test_loss_terms_puts_our_log_in_the_reference_logs_terms(tmp_path):
     assert plateau_exit(flat(0.6, 0.75, 0.75, 0.72, 0.65, 0.4)) == 190  # the early 0.6 is before the plateau
     assert plateau_exit(flat(0.6, 0.75, 0.75, 0.75)) is None
     assert plateau_exit(flat(0.75) + [{"end": 39, "iterations": 1, "loss_s": 0.3}]) is None
+    # nor does a one-iteration first line reach the plateau
+    assert plateau_exit([{"end": 1, "iterations": 1, "loss_s": 0.77}] + flat(0.6, 0.6)) is None
 
 
 def test_precision_parity_and_loss_terms_name_what_is_missing(tmp_path):

@@ -101,12 +101,12 @@ def plateau_exit(intervals: list[dict], n_classes: int = 4, below: float = 0.7,
     """The end of the first interval after the strong-view loss reached its
     plateau ((classes - 1) / classes, within 0.01) whose mean falls below
     ``below``; intervals shorter than ``min_length`` (an epoch's first line,
-    one iteration) are too noisy to count."""
+    one iteration) are too noisy to count, either way."""
     level = (n_classes - 1) / n_classes
     reached = False
-    for iv in intervals:
+    for iv in (iv for iv in intervals if iv["iterations"] >= min_length):
         reached = reached or iv["loss_s"] >= level - 0.01
-        if reached and iv["iterations"] >= min_length and iv["loss_s"] < below:
+        if reached and iv["loss_s"] < below:
             return iv["end"]
     return None
 
