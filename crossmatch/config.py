@@ -56,7 +56,8 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "unlabeled_views": ("float", "2D unlabeled views: float | pil (the 2D reference codes' 8-bit PIL "
                                      "views: the weak view floored to 1/255, brightness and contrast in a "
                                      "random order by PIL's ImageEnhance, PIL's GaussianBlur, every result "
-                                     "8-bit; departures 4-6 of docs/fidelity.md)"),
+                                     "8-bit; departures 4-6 of docs/fidelity.md; methods without strong "
+                                     "views see the floored weak view)"),
         "optimizer": ("sgd", "sgd | adamw"),
         "lr": (0.01, "base learning rate"),
         "momentum": (0.9, "SGD momentum"),
