@@ -111,6 +111,10 @@ RESUME_FREE_KEYS = {"num_workers", "device", "threads", "log_every", "tune_alloc
                     "ckpt_every", "snapshots"}
 # eval keys that do not change training (inference numerics and batching only)
 EVAL_RESUME_FREE_KEYS = {"precision", "window_batch"}
+# keys added after runs were written, with what those runs trained with: a
+# checkpoint without the key resumes under that value instead of counting as changed
+# (train.data_seed: null, the older runs' behaviour, needs no entry)
+ADDED_KEYS = {("train", "unlabeled_views"): "float"}
 
 
 def _resume_conflict(old: dict[str, Any], new: dict[str, Any]) -> str | None:
@@ -118,6 +122,8 @@ def _resume_conflict(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     (precisions compare by what they run on ``new``'s device)."""
     old = copy.deepcopy(old)
     config.migrate(old)
+    for (section, key), value in ADDED_KEYS.items():
+        old.setdefault(section, {}).setdefault(key, value)
     for section in ("dataset", "model", "method", "train", "eval"):
         for key in sorted(set(old.get(section, {})) | set(new.get(section, {}))):
             if section == "train" and key in RESUME_FREE_KEYS or section == "eval" and key in EVAL_RESUME_FREE_KEYS:

@@ -262,6 +262,24 @@ def test_resume_with_other_settings_is_refused(acdc_root, tmp_path):
     train(config.resolve(tiny_overrides(acdc_root, iterations=4, num_workers=1)), tmp_path / "run")
 
 
+def test_runs_written_before_new_train_keys_resume(acdc_root, tmp_path):
+    """A checkpoint written before train.unlabeled_views and train.data_seed
+    existed (its config lacks them) trained with float views and its seed's
+    data stream: it resumes under the defaults, and is refused under pil."""
+    cfg = config.resolve(tiny_overrides(acdc_root, iterations=4, val_every=0))
+    train(cfg, tmp_path / "run", stop_after=2)
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    state = torch.load(latest, weights_only=False)
+    for key in ("unlabeled_views", "data_seed"):
+        del state["config"]["train"][key]
+    torch.save(state, latest)
+    with pytest.raises(ConfigError, match=r"train.unlabeled_views: 'float' in the checkpoint, 'pil' now"):
+        train(config.resolve(tiny_overrides(acdc_root, iterations=4, val_every=0, unlabeled_views="pil")),
+              tmp_path / "run")
+    train(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints" / "final.pt").is_file()
+
+
 def test_changed_settings_restart_afresh_when_asked(acdc_root, tmp_path, capsys):
     """The workflow's train job (--restart-if-changed): a run whose settings
     changed is moved to superseded/ and trained from iteration 0."""
