@@ -41,36 +41,36 @@ LINE = re.compile(r"Iters: (\d+), Total loss: [\d.]+, Loss x: ([\d.]+), Loss s: 
 EPOCH = re.compile(r"Epoch: (\d+)")
 
 
-def reference_epochs(train_log: Path) -> dict[int, dict]:
-    """Epoch -> its last printed line (running means over its first ``iters`` iterations)."""
-    out: dict[int, dict] = {}
+def reference_lines(train_log: Path) -> list[tuple[int, int, dict]]:
+    """Every printed loss line: (epoch, iterations of the epoch so far, running means)."""
+    out: list[tuple[int, int, dict]] = []
     epoch = None
     for line in train_log.read_text().splitlines():
         if m := EPOCH.search(line):
             epoch = int(m.group(1))
         elif (m := LINE.search(line)) and epoch is not None:
-            out[epoch] = {"iters": int(m.group(1)) + 1,
-                          **dict(zip(TERMS, map(float, m.groups()[1:])))}
+            out.append((epoch, int(m.group(1)) + 1, dict(zip(TERMS, map(float, m.groups()[1:])))))
     if not out:
         raise SystemExit(f"{train_log}: no 'Iters: ...' lines of the reference's log")
     return out
+
+
+def reference_epochs(train_log: Path) -> dict[int, dict]:
+    """Epoch -> its last printed line (running means over its first ``iters`` iterations)."""
+    return {epoch: {"iters": n, **vals} for epoch, n, vals in reference_lines(train_log)}
 
 
 def reference_intervals(train_log: Path, epoch_length: int) -> list[dict]:
     """Means over each interval between two printed lines of an epoch (from the
     running means); ``end`` is the interval's last iteration, counted from 1."""
     out: list[dict] = []
-    epoch, prev = None, None
-    for line in train_log.read_text().splitlines():
-        if m := EPOCH.search(line):
-            epoch, prev = int(m.group(1)), None
-        elif (m := LINE.search(line)) and epoch is not None:
-            n, vals = int(m.group(1)) + 1, dict(zip(TERMS, map(float, m.groups()[1:])))
-            n0, v0 = prev or (0, dict.fromkeys(TERMS, 0.0))
-            if n > n0:
-                out.append({"end": epoch * epoch_length + n, "iterations": n - n0,
-                            **{t: (vals[t] * n - v0[t] * n0) / (n - n0) for t in TERMS}})
-            prev = n, vals
+    prev = None
+    for epoch, n, vals in reference_lines(train_log):
+        n0, v0 = (prev[1], prev[2]) if prev and prev[0] == epoch else (0, dict.fromkeys(TERMS, 0.0))
+        if n > n0:
+            out.append({"end": epoch * epoch_length + n, "iterations": n - n0,
+                        **{t: (vals[t] * n - v0[t] * n0) / (n - n0) for t in TERMS}})
+        prev = epoch, n, vals
     return out
 
 
