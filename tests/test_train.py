@@ -150,6 +150,9 @@ def test_evaluate_writes_per_case_metrics_and_summary(acdc_root, tmp_path):
     (["eval.interpolation=cubic"], "eval.interpolation must be one of"),
     (["model.width=0"], "model.width must be >= 1, got 0"),
     (["train.precision=fp8"], "train.precision must be one of ['auto', 'fp32', 'bf16', 'fp16']"),
+    (["train.unlabeled_views=jpeg"], "train.unlabeled_views must be one of ['float', 'pil'], got 'jpeg'"),
+    (["dataset.name=la", "train.unlabeled_views=pil"], "train.unlabeled_views: pil needs 2D images"),
+    (["train.data_seed=1.5"], "train.data_seed must be an integer >= 0 or null"),
 ])
 def test_bad_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
