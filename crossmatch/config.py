@@ -275,7 +275,8 @@ def experiment_id(cfg: dict[str, Any]) -> str:
     method = get_method(m["name"])
     base = {**method.defaults, **method.dataset_defaults.get(cfg["dataset"]["name"], {})}
     parts = [f"{k}{m[k]}" for k in method.id_keys]
-    parts += [f"{k}{m[k]}" for k in base if k not in method.id_keys and m[k] != base[k]]
+    parts += [f"{k}{m[k]}" for k in base
+              if k not in method.id_keys and k not in method.unspelled and m[k] != base[k]]
     parts += [f"{k}{v}" for k, v in cfg["model"].items() if v != DEFAULTS["model"][k][0]]
     settings = "-".join(parts) or "default"
     return f"{cfg['dataset']['name']}/{m['name']}/l{cfg['dataset']['labeled']}/{settings}/s{cfg['train']['seed']}"

@@ -79,6 +79,7 @@ def _experiment(wf: dict[str, Any], dataset: str, method: str, labeled: Any, see
         "method": {"name": method},
         "train": {"seed": seed},
     })
+    raw = _merge(raw, _authors_code(wf, method, raw))
     try:
         cfg = xconfig.resolve(raw)
     except ConfigError as e:
@@ -137,6 +138,21 @@ def expand(wf: dict[str, Any]) -> dict[str, Any]:
             "reported": wf.get("reported", ""), "paper_schedule": bool(wf.get("paper_schedule", False)),
             "reproduction_tolerance": float(wf.get("reproduction_tolerance", 1.0)),
             "experiments": experiments, "tables": tables}
+
+
+def _authors_code(wf: dict[str, Any], method: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """``method.code`` of a run of the authors' code from the workflow's ``authors_code``
+    (a local checkout per commit); nothing where the config names none (downloaded)."""
+    from .methods import get_method
+    try:
+        info = get_method(method)
+    except ValueError:
+        return {}  # resolve() names the unknown method
+    if not info.runner or "code" in (raw.get("method") or {}):
+        return {}
+    commit = (raw.get("method") or {}).get("commit", info.defaults.get("commit"))
+    path = (wf.get("authors_code") or {}).get(str(commit))
+    return {"method": {"code": str(path)}} if path else {}
 
 
 def _labels_all(method: str) -> bool:

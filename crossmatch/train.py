@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib
 import math
 import os
 import random
@@ -363,7 +364,11 @@ class Trainer:
 
 def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = None,
           on_checkpoint: Callable[[str, int], None] | None = None, restart_if_changed: bool = False) -> Path:
-    """Train the experiment ``cfg`` into ``run_dir`` (``Trainer.fit``); returns ``final.pt``."""
+    """Train the experiment ``cfg`` into ``run_dir`` (``Trainer.fit``, or the method's
+    own runner: the authors' code); returns ``final.pt``."""
+    runner = get_method(cfg["method"]["name"]).runner
+    if runner:
+        return importlib.import_module(runner).train(cfg, run_dir, restart_if_changed=restart_if_changed)
     return Trainer(cfg, run_dir, on_checkpoint, restart_if_changed=restart_if_changed).fit(stop_after)
 
 

@@ -34,6 +34,8 @@ class MethodInfo:
     uses_unlabeled: bool = False
     labels_all: bool = False            # train on every training case labeled (upper bound)
     check: Callable[[dict[str, Any]], None] = _no_check  # raise ConfigError on a bad value
+    runner: str = ""                    # a module whose train(cfg, run_dir) replaces our Trainer (other code)
+    unspelled: tuple[str, ...] = ()     # hyperparameters that do not change the run (where code is read from)
 
     def hyperparameters(self, dataset: str, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults, then per-dataset defaults, then ``given`` (unknown keys rejected).
@@ -289,13 +291,38 @@ BCP = MethodInfo(
     check=_check_bcp)
 
 
+# ---------------------------------------------------------------- the authors' code
+
+def _check_authors(hp: dict[str, Any]) -> None:
+    from ..authors import COMMITS
+    if hp["commit"] not in COMMITS:
+        raise ConfigError(f"method.commit must be one of {sorted(COMMITS)} (the pinned commits of "
+                          f"AiEson/CrossMatch), got {hp['commit']!r}")
+    _in_range(hp, "tau", 0.0, 1.0)
+    _in_range(hp, "eta", 0.0, 1.0, closed_high=True)
+    if not isinstance(hp["code"], str):
+        raise ConfigError(f"method.code must be a folder path or empty, got {hp['code']!r}")
+
+
+# AiEson/CrossMatch's own ACDC training script, run by crossmatch/authors/ (nothing of it copied here)
+CROSSMATCH_AUTHORS = MethodInfo(
+    name="crossmatch_authors", module="", runner="crossmatch.authors.run", uses_unlabeled=True, dims=(2,),
+    defaults={
+        "commit": "d00de40",  # d00de40 (the paper's numbers were made with it) | 59772e0 (today's)
+        "tau": 0.95,          # its conf_thresh
+        "eta": 0.3,           # its --eta
+        "code": "",           # a local checkout of that commit (checked file by file); empty: download it
+    },
+    id_keys=("commit",), unspelled=("code",), check=_check_authors)
+
+
 # ---------------------------------------------------------------- supervised baselines
 
 SUPERVISED = MethodInfo(name="supervised", module="crossmatch.methods.supervised")
 FULLY_SUPERVISED = MethodInfo(name="fully_supervised", module="crossmatch.methods.supervised", labels_all=True)
 
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (CROSSMATCH, UNIMATCH, SEMSIM, SIMCVD, UAMT, MCNET, BCP,
-                                                       SUPERVISED, FULLY_SUPERVISED)}
+                                                       SUPERVISED, FULLY_SUPERVISED, CROSSMATCH_AUTHORS)}
 
 
 def declare(info: MethodInfo) -> MethodInfo:
