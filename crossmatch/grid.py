@@ -184,6 +184,17 @@ def table_ids(table: dict[str, Any]) -> list[str]:
     return [i for row in table["rows"] for c in row["cells"].values() for i in c]
 
 
+def evidence_ids(grid: dict[str, Any], dataset: str) -> list[str]:
+    """The runs whose protocol analysis the evidence tables of ``dataset`` read: the
+    comparison table's, and every run of another code base (the authors') on it,
+    which the reproduction table sets beside ours."""
+    from .methods import get_method
+    (table,) = [t for t in grid["tables"] if t["kind"] == "comparison" and t["dataset"] == dataset]
+    ids = table_ids(table)
+    return ids + [i for i, e in grid["experiments"].items()
+                  if e["dataset"] == dataset and get_method(e["method"]).runner and i not in ids]
+
+
 def load_grid(path: str | Path) -> dict[str, Any]:
     import json
     return json.loads(Path(path).read_text())

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import config
+from . import config, provenance
 from .config import experiment_id
 from .data.batches import IterationBatches, iteration_loader
 from .data.specs import DatasetSpec, get_spec
@@ -65,6 +65,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def device_name(device: torch.device) -> str:
+    """``cuda: NVIDIA H100 ...`` or ``cpu`` (for the provenance record)."""
+    return f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "cpu"
 
 
 def save_checkpoint(path: Path, **state: Any) -> None:
@@ -309,7 +314,8 @@ class Trainer:
         state = self.read_checkpoint()
         self.build()
         write_yaml(run.config, {"experiment": exp, **self.cfg, "notes": self.splits.notes,
-                                "train_precision": f"{self.precision.name} on {self.device.type}"})
+                                "train_precision": f"{self.precision.name} on {self.device.type}",
+                                "provenance": provenance.record(device=device_name(self.device))})
         if state is not None:
             self.load_checkpoint(state)
             if self.start < t["iterations"]:

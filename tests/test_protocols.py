@@ -18,7 +18,7 @@ from crossmatch.evaluate import evaluate_run
 from crossmatch.layout import Run
 from crossmatch.protocols import choose, score_run
 from crossmatch.report.evidence import (not_comparable, paired_table, protocol_table, reproduction_table,
-                                        to_csv, to_markdown, verdict, write_evidence)
+                                        to_csv, to_markdown, write_evidence)
 from crossmatch.train import train
 
 from conftest import tiny_overrides
@@ -125,13 +125,6 @@ def test_wilcoxon_and_shared_cases():
     assert (lo, hi) == (0.4, 0.6) and std == pytest.approx(math.sqrt(0.02))
 
 
-def test_verdict():
-    assert verdict(0.4, 1.0, "") == "reproduced"
-    assert verdict(-1.5, 1.0, "") == "not reproduced"
-    assert verdict(None, 1.0, "") == "not run here"
-    assert verdict(0.0, 1.0, "synthetic phantom data") == "not comparable: synthetic phantom data"
-
-
 # ------------------------------------------------------------ evidence tables
 
 def _grid(tmp_path, synthetic=False, paper_schedule=True):
@@ -141,11 +134,14 @@ def _grid(tmp_path, synthetic=False, paper_schedule=True):
     results = tmp_path / "results"
     experiments, rows = {}, []
     reported = tmp_path / "reported.csv"
-    reported.write_text("method,dataset,labeled,dice,jaccard,hd95,asd,units,source,protocol,protocol_note\n"
-                        "crossmatch,acdc,3,60.5,,,,voxel,Paper A,valtest,\n"
-                        "crossmatch,acdc,3,70.0,,,,voxel,Paper B,best_test,\n"
-                        "supervised,acdc,3,55.0,,,,voxel,Paper C,unknown,\n"
-                        "bcp,acdc,3,87.6,,,,voxel,Paper D,best_test,\n")
+    reported.write_text("method,dataset,labeled,dice,jaccard,hd95,asd,units,source,ckpt_rule,select_split,"
+                        "eval_split,eval_n,postproc,value_origin,verified_by\n"
+                        "crossmatch,acdc,3,60.5,,,,voxel,Paper A,best,valtest,test,6 volumes,none,own_readme,code\n"
+                        "crossmatch,acdc,3,70.0,,,,voxel,Paper B,best,test,test,6 volumes,none,own_paper,code\n"
+                        "crossmatch,acdc,3,50.0,,,,voxel,Paper E,final,none,val,2 volumes,none,own_readme,code\n"
+                        "supervised,acdc,3,55.0,,,,voxel,Paper C,unknown,unknown,unknown,,unknown,"
+                        "quoted_in:Paper A,none\n"
+                        "bcp,acdc,3,87.6,,,,voxel,Paper D,best,test,test,,lcc,own_paper,code\n")
     for m, base in (("supervised", 0.0), ("crossmatch", 0.1)):
         ids = []
         for seed in (0, 1):
@@ -186,15 +182,50 @@ def test_protocol_and_paired_tables(tmp_path):
 
 
 def test_reproduction_table_verdicts(tmp_path):
+    """Each reported value is read under its own protocol: best(valtest)@test from
+    the valtest choice, best(test)@test from best_test, final@val from the final
+    snapshot's validation score; unknown protocols and post-processed values get
+    no verdict, and values of unknown origin come last, under their own heading."""
     t = reproduction_table(_grid(tmp_path), "acdc")
-    got = {(r[0], r[3]): (r[4], r[5], r[6]) for r in t.rows}
-    assert got[("crossmatch", "valtest")] == ("62.75 ± 0.35", "+2.25", "not reproduced")
-    assert got[("crossmatch", "best_test")] == ("64.75 ± 0.35", "−5.25", "not reproduced")
-    assert got[("supervised", "not stated (ours: best_val)")] == ("52.75 ± 0.35", "−2.25", "not reproduced")
-    assert got[("bcp", "best_test")] == ("–", "–", "not run here")
+    got = {(r[0], r[2]): (r[3], r[5], r[6], r[7]) for r in t.rows if r[1]}
+    assert got[("crossmatch", "60.50")] == ("best(valtest)@test; 6 volumes; selected on the scored split",
+                                            "62.75 ± 0.35 (6 volumes, 2 seeds)", "+2.25", "not reproduced")
+    assert got[("crossmatch", "70.00")] == ("best(test)@test; 6 volumes; selected on the scored split",
+                                            "64.75 ± 0.35 (6 volumes, 2 seeds)", "−5.25", "not reproduced")
+    assert got[("crossmatch", "50.00")] == ("final@val; 2 volumes", "50.00 ± 0.00 (2 volumes, 2 seeds)", "+0.00",
+                                            "reproduced")
+    assert got[("supervised", "55.00")][2:] == ("–", "not comparable: protocol not stated")
+    assert got[("bcp", "87.60")][1:] == ("not run here", "–", "not comparable: post-processing lcc (ours: none)")
+    labels = [r[0] for r in t.rows]
+    assert labels.index("values of unknown origin (quoted or re-run by others, not verified against a source)") \
+        == labels.index("supervised") - 1 == len(labels) - 2
+    recs = {(r["method"], r["reported"]): r for r in t.records}
+    assert recs[("crossmatch", "50.0")]["protocol"] == "final@val" and recs[("crossmatch", "50.0")]["ours_n_cases"] == 2
+    assert recs[("supervised", "55.0")]["origin_known"] is False
     grid = _grid(tmp_path / "tol")
     grid["reproduction_tolerance"] = 2.5
-    assert reproduction_table(grid, "acdc").rows[0][6] == "reproduced"
+    assert reproduction_table(grid, "acdc").rows[0][7] == "reproduced"
+
+
+def test_reproduction_table_sets_the_authors_code_beside_ours(tmp_path):
+    """Runs of the authors' code (crossmatch_authors) of the same cell appear as
+    their own implementation rows, per commit, read under the same protocol."""
+    grid = _grid(tmp_path)
+    src = "acdc/crossmatch/l3/default/s0"
+    for commit, bump in (("d00de40", 0.02), ("59772e0", 0.04)):
+        rid = f"acdc/crossmatch_authors/l3/commit{commit}/s0"
+        summary = json.loads((Run(Path(grid["results"]) / "runs" / src).protocols / "summary.json").read_text())
+        summary["protocols"]["final"]["val_dice"] += bump
+        path = Run(Path(grid["results"]) / "runs" / rid).protocols / "summary.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(summary))
+        grid["experiments"][rid] = {"dataset": "acdc", "method": "crossmatch_authors", "labeled": 3, "seed": 0,
+                                    "config": {"method": {"name": "crossmatch_authors", "commit": commit}}}
+    t = reproduction_table(grid, "acdc")
+    final_val = [(r[4], r[5], r[6]) for r in t.rows if r[0] == "crossmatch" and r[2] == "50.00"]
+    assert final_val == [("ours", "50.00 ± 0.00 (2 volumes, 2 seeds)", "+0.00"),
+                         ("authors' code @59772e0", "54.00 (2 volumes, 1 seed)", "+4.00"),
+                         ("authors' code @d00de40", "52.00 (2 volumes, 1 seed)", "+2.00")]
 
 
 def test_reproduction_table_of_a_dataset_no_source_reports(tmp_path):
@@ -204,8 +235,9 @@ def test_reproduction_table_of_a_dataset_no_source_reports(tmp_path):
     assert t.rows == [] and "reports a Dice for PANCREAS" in t.caption
     assert "(none)" in to_markdown(t)
     # the tidy CSV keeps its columns with no rows, so readers of it do not break
-    assert to_csv(t).splitlines() == ["table,method,labeled,reported,protocol,ours_protocol,ours_mean,n_seeds,"
-                                      "diff,verdict,source"]
+    assert to_csv(t).splitlines() == ["table,method,labeled,reported,ckpt_rule,select_split,eval_split,eval_n,"
+                                      "postproc,protocol,selected_on_scored_split,origin_known,implementation,"
+                                      "ours_mean,ours_std,n_seeds,ours_n_cases,diff,verdict,source,evidence"]
 
 
 @pytest.mark.parametrize("synthetic, paper, reason", [(True, True, "synthetic phantom data"),
@@ -214,8 +246,9 @@ def test_no_difference_where_data_or_schedule_differ(tmp_path, synthetic, paper,
     grid = _grid(tmp_path, synthetic=synthetic, paper_schedule=paper)
     assert reason in not_comparable(grid, "acdc")
     for r in reproduction_table(grid, "acdc").rows:
-        if r[0] != "bcp":
-            assert r[5] == "–" and r[6].startswith(f"not comparable: {reason}")
+        if r[0] == "crossmatch":
+            assert r[6] == "–" and r[7] == f"not comparable: {reason}" + ("" if synthetic else
+                                                                         " (30 iterations, batch 4 at 128x128)")
     if not paper:
         assert "30 iterations, batch 4 at 128x128" in not_comparable(grid, "acdc")
 
@@ -276,21 +309,34 @@ def test_eval_precision_follows_the_run_and_is_recorded(acdc_root, tmp_path):
         config.resolve({**tiny_overrides(acdc_root), "eval": {"precision": "half"}})
 
 
-@pytest.mark.parametrize("tier", ["acdc_cpu_tier", "acdc_cpu_tier_s0"])
-def test_committed_acdc_tier_tables_are_what_the_code_makes_of_its_runs(tmp_path, tier):
-    """The evidence committed under benchmarks/results/acdc_cpu_tier (three
-    seeds) and acdc_cpu_tier_s0 (seed 0 of every compared method), quoted in
-    the README and docs/results.md, regenerates byte for byte from its
-    committed runs with the current code: a change to the tables' code or to
-    the runs that alters a number shows here."""
+ARCHIVES = sorted(p.parent.name for p in (Path(__file__).resolve().parents[1] / "evidence").glob("*/grid.json"))
+
+
+def test_every_archive_has_its_provenance():
+    assert {"acdc_cpu_tier", "acdc_cpu_tier_s0"} <= set(ARCHIVES)
     repo = Path(__file__).resolve().parents[1]
-    src = repo / "benchmarks/results" / tier
+    for name in ARCHIVES:
+        prov = json.loads((repo / "evidence" / name / "provenance.json").read_text())
+        assert (repo / prov["config"]).is_file() and prov["rebuild"] == f"crossmatch report rebuild evidence/{name}"
+        assert set(prov["runs"]) == set(json.loads((repo / "evidence" / name / "grid.json").read_text())["experiments"])
+        for p in [prov["collected"], *filter(None, prov["runs"].values())]:
+            assert {"command", "torch", "cpu"} <= set(p) and ("commit" in p or "commits" in p), p
+
+
+@pytest.mark.parametrize("tier", ARCHIVES)
+def test_committed_evidence_tables_are_what_the_code_makes_of_its_runs(tmp_path, tier):
+    """Every committed archive under evidence/ (quoted in the README and
+    docs/results.md) regenerates byte for byte from its committed runs with the
+    current code, by the one command a user runs (`crossmatch report rebuild`):
+    a change to the tables' code or to the runs that alters a number shows here."""
+    repo = Path(__file__).resolve().parents[1]
+    src = repo / "evidence" / tier
     dest = tmp_path / "tier"
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("tables", "figures"))
-    r = subprocess.run([sys.executable, str(repo / "benchmarks/collect_tier.py"), "--tables", str(dest)],
+    r = subprocess.run([sys.executable, "-m", "crossmatch", "report", "rebuild", str(dest)],
                        capture_output=True, text=True, cwd=repo)
     assert r.returncode == 0, r.stderr[-3000:]
-    names = sorted(p.name for p in (src / "tables").glob("*.md"))
+    names = sorted(p.name for p in (src / "tables").iterdir())
     assert {"comparison_acdc.md", "comparison_acdc_final.md", "protocols_acdc.md", "paired_acdc.md",
             "reproduction_acdc.md"} <= set(names)
     for name in names:

@@ -24,10 +24,10 @@ CASES = [f"patient{i:03d}_frame01" for i in range(5)]
 DICE = {("supervised", "1"): (0.50, 0.60), ("supervised", "3"): (0.70, 0.74),
         ("crossmatch", "1"): (0.55, 0.65), ("crossmatch", "3"): (0.80, 0.90),
         ("fully_supervised", "all"): (0.95, 0.97), ("crossmatch_t0.8", "3"): (0.78, 0.82)}
-REPORTED = """method,dataset,labeled,dice,jaccard,hd95,asd,units,source,protocol_note
-crossmatch,acdc,3,80.00,70.00,2.00,0.50,voxel,Test README,"selection on val+test"
-crossmatch,acdc,1,75.0,,1.8,,mm,Other paper,""
-bcp,acdc,3,87.59,78.67,1.90,0.67,voxel,BCP paper,""
+REPORTED = """method,dataset,labeled,dice,jaccard,hd95,asd,units,source,ckpt_rule,select_split,eval_split,eval_n,postproc
+crossmatch,acdc,3,80.00,70.00,2.00,0.50,voxel,Test README,best,val,test,5 volumes,none
+crossmatch,acdc,1,75.0,,1.8,,mm,Other paper,unknown,unknown,unknown,,unknown
+bcp,acdc,3,87.59,78.67,1.90,0.67,voxel,BCP paper,best,val,test,,none
 """
 
 
@@ -184,10 +184,10 @@ def test_comparison_table(grid: dict[str, Any], tmp_path: Path) -> None:
     # reported row beneath ours; synthetic data: shown, never compared (no Delta)
     assert r["reported"] == "80.0" and r["diff"] == "" and r["note"] == "not comparable"
     assert r["reported_source"] == "Test README"
-    assert "80.00 (not comparable)" in md and "| ↳ crossmatch reported [1,2] |" in md
+    assert "80.00 [best(val)@test] (not comparable)" in md and "| ↳ crossmatch reported [1,2] |" in md
     assert "Δ +" not in md and "not compared with ours: synthetic phantom data" in md
     assert md.index("| crossmatch |") < md.index("↳ crossmatch reported")
-    assert "[1] Test README (selection on val+test)" in md and "[2] Other paper" in md
+    assert "[1] Test README (protocol: best(val)@test; 5 volumes)" in md and "[2] Other paper (protocol: unknown" in md
     hd = cm[("crossmatch", "1", "hd95_vox")]
     assert hd["reported_units"] == "mm" and hd["diff"] == "" and "units differ" in hd["note"]
     assert "bcp" not in md                                      # only methods of the grid
@@ -207,7 +207,7 @@ def test_comparison_table(grid: dict[str, Any], tmp_path: Path) -> None:
     body = {r[0]: r[1:] for r in page["rows"]}
     dice3 = 4  # column groups 1 and 3 labeled, 4 metrics each
     assert body["crossmatch"][dice3] == "85.00 ± 7.07" and "85.00 ± 7.07" in page["bold"]
-    assert body["↳ crossmatch reported [1,2]"][dice3] == "80.00 (not comparable)"
+    assert body["↳ crossmatch reported [1,2]"][dice3] == "80.00 [best(val)@test] (not comparable)"
     assert "96.00 ± 1.41" not in page["bold"]
 
 
@@ -221,10 +221,10 @@ def test_comparison_delta_only_on_real_data_and_the_papers_schedule(grid, tmp_pa
     md = Path(f"{prefix}.md").read_text()
     r = {(r["row"], r["labeled"], r["metric"]): r for r in _csv(Path(f"{prefix}.csv"))}[("crossmatch", "3", "dice")]
     if paper_schedule:  # Delta = ours - reported where units match
-        assert math.isclose(float(r["diff"]), 5.0) and "80.00 (Δ +5.00)" in md
+        assert math.isclose(float(r["diff"]), 5.0) and "80.00 [best(val)@test] (Δ +5.00)" in md
         assert "reproduction_acdc" in md
     else:
-        assert r["diff"] == "" and "80.00 (not comparable)" in md
+        assert r["diff"] == "" and "80.00 [best(val)@test] (not comparable)" in md
         assert "our schedule is not the paper's (40 iterations, batch 4 at 24x24)" in md
 
 
@@ -291,26 +291,30 @@ def test_report_reads_only_the_runs_it_is_given(grid: dict[str, Any], tmp_path: 
 
 
 def test_comparison_sets_a_reported_dice_beside_ours_under_its_protocol(grid, tmp_path):
-    """With the runs' protocol analysis, a reported Dice that names its protocol
-    is compared with ours under that protocol, not with this table's checkpoint."""
+    """With the runs' protocol analysis, a reported Dice is compared with ours
+    under its own protocol (here final@val, as the CrossMatch README), not with
+    this table's checkpoint; its other metrics, scored under another protocol
+    than this table's, get no difference."""
     from crossmatch.layout import Run
     reported = tmp_path / "reported_protocol.csv"
-    reported.write_text("method,dataset,labeled,dice,jaccard,hd95,asd,units,source,protocol,protocol_note\n"
-                        "crossmatch,acdc,3,80.00,70.00,,,voxel,Test README,valtest,\n")
+    reported.write_text("method,dataset,labeled,dice,jaccard,hd95,asd,units,source,ckpt_rule,select_split,"
+                        "eval_split,eval_n,postproc\n"
+                        "crossmatch,acdc,3,80.00,70.00,,,voxel,Test README,final,none,val,20 volumes,none\n")
     grid = {**grid, "synthetic": {"acdc": False}, "paper_schedule": True, "reported": str(reported)}
     for rid, e in grid["experiments"].items():
         e["config"]["train"] = {"iterations": 40, "batch_size": 4, "crop": [24, 24]}
         path = Run(Path(grid["results"]) / "runs" / rid).protocols / "summary.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        dice = {"final": 0.5, "best_val": 0.6, "valtest": 0.75 + 0.01 * e["seed"], "best_test": 0.9}
-        path.write_text(json.dumps({"protocols": {p: {"test_dice": d} for p, d in dice.items()}}))
+        val = {"final": 0.75 + 0.01 * e["seed"], "best_val": 0.6, "valtest": 0.7, "best_test": 0.9}
+        path.write_text(json.dumps({"protocols": {p: {"test_dice": 0.5, "val_dice": d} for p, d in val.items()},
+                                    "n_val_cases": 20, "n_test_cases": 40}))
     prefix = tmp_path / "comparison_acdc"
     write_table(grid, "comparison_acdc", prefix)
     md = Path(f"{prefix}.md").read_text()
     rows = {(r["row"], r["labeled"], r["metric"]): r for r in _csv(Path(f"{prefix}.csv"))}
     r = rows[("crossmatch", "3", "dice")]
-    assert r["reported_protocol"] == "valtest" and math.isclose(float(r["ours_under_protocol"]), 75.5)
-    assert math.isclose(float(r["diff"]), -4.5)                  # 75.5 - 80, not 85 (best) - 80
-    assert "80.00 [valtest; ours under it 75.50] (Δ −4.50)" in md
-    j = rows[("crossmatch", "3", "jaccard")]                      # other metrics: this table's checkpoint
-    assert j["reported_protocol"] == "" and j["ours_under_protocol"] == ""
+    assert r["reported_protocol"] == "final@val" and math.isclose(float(r["ours_under_protocol"]), 75.5)
+    assert math.isclose(float(r["diff"]), -4.5)                  # 75.5 (final, on val) - 80, not 85 (best, test) - 80
+    assert "80.00 [final@val; ours under it 75.50] (Δ −4.50)" in md
+    j = rows[("crossmatch", "3", "jaccard")]                      # other metrics: only under this table's protocol
+    assert j["reported_protocol"] == "final@val" and j["diff"] == "" and "other protocol" in j["note"]

@@ -4,6 +4,7 @@ to end in a temporary working directory (then a partial re-run)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -166,25 +167,30 @@ def test_report_shows_every_table_and_figure_in_a_browser(quick_start: Path) -> 
 @pytest.mark.slow
 def test_committed_evidence_regenerates_the_workflows_tables_without_its_runs(quick_start: Path,
                                                                            tmp_path: Path) -> None:
-    """benchmarks/collect_tier.py: the light files of every run (no checkpoints)
+    """`crossmatch report archive`: the light files of every run (no checkpoints)
     are enough to rebuild the comparison and evidence tables byte for byte, from
     another folder, with the workflow's results gone (a fresh clone)."""
     res = quick_start / "results/synthetic"
     dest, clone = tmp_path / "committed", tmp_path / "clone"
-    script = str(REPO / "benchmarks/collect_tier.py")
-    r = subprocess.run([sys.executable, script, str(res), str(dest)], capture_output=True, text=True)
+    script = [sys.executable, "-m", "crossmatch", "report"]
+    r = subprocess.run([*script, "archive", str(res), str(dest), "--config", "config/config.yaml"],
+                       capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     assert not list(dest.rglob("*.pt")), "checkpoints were collected"
     clone.mkdir()
     (clone / "config").symlink_to(REPO / "config")
     shutil.rmtree(dest / "tables")
-    r = subprocess.run([sys.executable, script, "--tables", str(dest)], capture_output=True, text=True, cwd=clone)
+    r = subprocess.run([*script, "rebuild", str(dest)], capture_output=True, text=True, cwd=clone,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr[-3000:]
     names = [f"{kind}_{d}.md" for d in ("acdc", "la", "pancreas", "isic")
              for kind in ("comparison", "protocols", "paired", "reproduction")]
     for name in names:
         assert (dest / "tables" / name).read_text() == (res / "tables" / name).read_text(), name
     assert (dest / "figures/protocol_curves_acdc.png").stat().st_size > 1000
+    prov = json.loads((dest / "provenance.json").read_text())
+    assert prov["config"] == "config/config.yaml" and prov["collected"]["torch"]
+    assert all(p["commit"] and p["device"] == "cpu" for p in prov["runs"].values())
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ import h5py
 import torch
 import yaml
 
+from .. import provenance
 from ..config import experiment_id
 from ..data.specs import get_spec
 from ..errors import ConfigError, DataError
@@ -186,7 +187,9 @@ def train(cfg: dict[str, Any], run_dir: str | Path, restart_if_changed: bool = F
              "(crossmatch/authors/shim.py); selection on our validation split and evaluation by this package",
              "train.precision, interpolation, unlabeled_views and data_seed do not apply: the script trains "
              "in fp32 with its own data pipeline and one data order for every seed"]
-    write_yaml(run.config, {"experiment": exp, **cfg, "notes": notes, "train_precision": f"fp32 on {device.type}"})
+    from ..train import device_name
+    write_yaml(run.config, {"experiment": exp, **cfg, "notes": notes, "train_precision": f"fp32 on {device.type}",
+                            "provenance": provenance.record(device=device_name(device))})
     raw_dir = work / "snapshots"
     if not (raw_dir / f"iter_{t['iterations']:05d}.pt").is_file():
         for p in raw_dir.glob("*"):  # no resume within the script: start it again

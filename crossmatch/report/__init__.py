@@ -14,6 +14,8 @@ Command line (``main(argv)``, mounted as ``crossmatch report ...``)::
     report curves --grid G --dataset D --out PREFIX
     report qualitative --grid G --dataset D --out PREFIX [--cases 3] [--checkpoint best|final]
     report evidence --grid G --dataset D --out RESULTS [--runs PROTOCOL_SUMMARY ...]
+    report archive RESULTS DEST [--config CONFIG]   (a workflow's light outputs, committed)
+    report rebuild [DEST ...]                       (their tables again; default: every evidence/*/)
 
 ``evidence`` writes ``RESULTS/tables/{protocols,paired,reproduction}_D.{md,html,csv}``
 and ``RESULTS/figures/protocol_curves_D.{png,pdf,txt}`` (``crossmatch.report.evidence``).
@@ -49,7 +51,8 @@ def qualitative(*args: Any, **kwargs: Any) -> list[str]:
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the report sub-commands to ``parser`` (e.g. the ``crossmatch report`` sub-parser)."""
-    sub = parser.add_subparsers(dest="report_command", required=True, metavar="{table,figure,curves,qualitative,evidence}")
+    sub = parser.add_subparsers(dest="report_command", required=True,
+                                metavar="{table,figure,curves,qualitative,evidence,archive,rebuild}")
 
     def common(name: str, help_: str, key: str) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_, description=help_)
@@ -77,11 +80,28 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     s = common("evidence", "protocol-gap, paired-statistics and reproduction tables and the protocol-curve "
                            "figure of a dataset, from its runs' eval/protocols/summary.json", "dataset")
     s.add_argument("--bootstrap", type=int, default=10000, help="bootstrap draws of the paired CIs")
+    s = sub.add_parser("archive", help="copy a finished workflow's light outputs (no checkpoints) with their "
+                                       "provenance, to commit them", description="crossmatch.report.archive")
+    s.add_argument("results", help="the workflow's results folder, e.g. results/acdc_cpu_fidelity")
+    s.add_argument("dest", help="where the archive goes, e.g. evidence/acdc_cpu_fidelity")
+    s.add_argument("--config", default="", help="the workflow config it ran (recorded)")
+    s = sub.add_parser("rebuild", help="rebuild every table of committed archives from their files alone "
+                                       "(no training)", description="crossmatch.report.archive")
+    s.add_argument("dest", nargs="*", help="archives (default: every evidence/*/ of this checkout)")
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
     """Execute parsed report arguments."""
+    if args.report_command in ("archive", "rebuild"):
+        from . import archive
+        if args.report_command == "archive":
+            dest = archive.collect(args.results, args.dest, args.config)
+            print(f"{args.results} -> {dest} (light outputs and provenance.json)")
+        for dest in ([args.dest] if args.report_command == "archive" else args.dest or archive.archives()):
+            tables = archive.rebuild(dest)
+            print(f"{dest}: {len(tables)} tables rebuilt -> {dest}/tables")
+        return
     from ..grid import load_grid
     grid = load_grid(args.grid)
     if args.runs:

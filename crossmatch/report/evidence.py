@@ -30,9 +30,8 @@ from .. import stats
 from ..errors import DataError
 from ..io import write_text
 from ..protocols import PROTOCOLS, SUMMARY
-from . import collect
+from . import collect, reported
 
-REPORTED_PROTOCOLS = (*PROTOCOLS, "unknown")
 BASELINES = ("supervised", "crossmatch")
 PAIRED_PROTOCOLS = ("best_val", "final")
 
@@ -58,19 +57,15 @@ def load_protocols(grid: dict[str, Any], rid: str) -> dict[str, Any]:
     return collect._read_json(path, f"run {rid}:", hint)
 
 
-def ours_under_protocols(grid: dict[str, Any], row: dict[str, Any]) -> dict[tuple[str, str], float]:
-    """(labeled, protocol) -> our test Dice (%) under that protocol, mean over the
-    row's seeds, for the cells whose every run has its protocol analysis (the
-    workflow's table rule depends on it; a table made by hand without it
-    simply lacks these values)."""
+def protocol_summaries(grid: dict[str, Any], row: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """labeled -> the protocol summaries of a comparison row's runs, for the cells
+    whose every run has its protocol analysis (the workflow's table rule depends
+    on it; a table made by hand without it simply lacks these values)."""
     out = {}
     for labeled, ids in row["cells"].items():
         paths = [collect.run_files(grid, rid).protocols / SUMMARY for rid in ids]
-        if not ids or not all(p.is_file() for p in paths):
-            continue
-        summaries = [collect._read_json(p, "protocol summary") for p in paths]
-        for name in PROTOCOLS:
-            out[(labeled, name)] = 100 * float(np.mean([s["protocols"][name]["test_dice"] for s in summaries]))
+        if ids and all(p.is_file() for p in paths):
+            out[labeled] = [collect._read_json(p, "protocol summary") for p in paths]
     return out
 
 
@@ -203,54 +198,92 @@ def not_comparable(grid: dict[str, Any], dataset: str) -> str:
     return ""
 
 
-def verdict(diff: float | None, tolerance: float, reason: str) -> str:
-    """The reproduction verdict of one reported cell (Dice points)."""
-    if reason:
-        return f"not comparable: {reason}"
-    if diff is None:
-        return "not run here"
-    return "reproduced" if abs(diff) <= tolerance else "not reproduced"
+def implementations(grid: dict[str, Any], dataset: str, method: str, labeled: str) -> list[tuple[str, list[str]]]:
+    """Who implements ``method`` at (dataset, labeled) in this grid, with the run ids of
+    each: ours (the comparison row's cell), then the authors' own code per commit
+    (method ``<method>_authors``, every settings folder of the grid: its commits)."""
+    out = []
+    spec = collect.comparison_table(grid, dataset)
+    ours = next((row["cells"].get(labeled) for row in spec["rows"] if row.get("method") == method), None)
+    out.append(("ours", list(ours or [])))
+    groups: dict[str, list[str]] = {}
+    for rid, e in grid["experiments"].items():
+        if e["dataset"] == dataset and e["method"] == f"{method}_authors" and str(e["labeled"]) == labeled:
+            groups.setdefault(rid.rsplit("/", 1)[0], []).append(rid)
+    for folder, ids in sorted(groups.items()):
+        settings = folder.split("/")[3]
+        commit = grid["experiments"][ids[0]]["config"]["method"].get("commit", "")
+        rest = settings.replace(f"commit{commit}", "").strip("-")
+        out.append((f"authors' code @{commit}" + (f" ({rest})" if rest else ""), ids))
+    return out
 
 
 def reproduction_table(grid: dict[str, Any], dataset: str) -> TextTable:
-    reported = [r for r in collect.load_reported(grid) if r["dataset"] == dataset and r.get("dice")]
-    by_key = {(c.method, c.labeled): c for c in cells(grid, dataset)}
+    """Every reported Dice of ``dataset`` beside each implementation in the grid,
+    read under the reported value's own protocol (``report.reported``)."""
+    rows_in = [r for r in collect.load_reported(grid) if r["dataset"] == dataset and r.get("dice")]
     tol = float(grid.get("reproduction_tolerance", 1.0))
     reason = not_comparable(grid, dataset)
-    header = ["Method", "labeled", "reported Dice (%)", "its protocol", "ours under it (%)", "Δ", "verdict",
-              "source"]
-    fields = ["table", "method", "labeled", "reported", "protocol", "ours_protocol", "ours_mean", "n_seeds", "diff",
-              "verdict", "source"]
-    rows, records = [], []
-    for r in reported:
-        protocol = r.get("protocol") or "unknown"
-        if protocol not in REPORTED_PROTOCOLS:
-            raise DataError(f"{grid.get('reported')}: protocol {protocol!r} of {r['method']}/{r['dataset']}/"
-                            f"{r['labeled']} is not one of {REPORTED_PROTOCOLS}")
-        ours_protocol = "best_val" if protocol == "unknown" else protocol
-        c = by_key.get((r["method"], r["labeled"]))
+    header = ["Method", "labeled", "reported Dice (%)", "its protocol", "implementation", "score under it (%)",
+              "Δ", "verdict", "source"]
+    fields = ["table", "method", "labeled", "reported", "ckpt_rule", "select_split", "eval_split", "eval_n",
+              "postproc", "protocol", "selected_on_scored_split", "origin_known", "implementation", "ours_mean",
+              "ours_std", "n_seeds", "ours_n_cases", "diff", "verdict", "source", "evidence"]
+    where = str(grid.get("reported") or "reported results")
+    summaries: dict[str, dict[str, Any]] = {}
+    known, unknown = [], []
+    for r in rows_in:
+        proto = reported.protocol_of(r, where)
         value = float(r["dice"])
-        ours = c.means(ours_protocol) if c else []
-        diff = 100 * float(np.mean(ours)) - value if ours else None
-        v = verdict(diff, tol, reason if c else "")
-        shown = "–" if diff is None or reason else f"{diff:+.2f}".replace("-", "−")
-        proto_text = protocol if protocol != "unknown" else "not stated (ours: best_val)"
-        rows.append([r["method"], r["labeled"], f"{value:.2f}", proto_text, _pm(ours) if ours else "–", shown, v,
-                     r["source"]])
-        records.append({"table": f"reproduction_{dataset}", "method": r["method"], "labeled": r["labeled"],
-                        "reported": repr(value), "protocol": protocol, "ours_protocol": ours_protocol,
-                        "ours_mean": repr(100 * float(np.mean(ours))) if ours else "", "n_seeds": len(ours),
-                        "diff": "" if diff is None or reason else repr(diff), "verdict": v,
-                        "source": r["source"]})
-    caption = (f"Reproduction on {dataset.upper()}: every reported Dice of the dataset beside ours under the "
-               f"reported value's own protocol (mean ± std over seeds; {PROTOCOLS['best_val']} where the "
-               f"source does not state its protocol). Verdict: reproduced when |Δ| <= {tol:g} Dice points "
-               "(reproduction_tolerance), not reproduced otherwise; not comparable (no Δ) when the data or "
-               f"the schedule differ from the paper's. Our schedule: {schedule_text(grid, dataset)}."
-               + ("" if reported else f" No source in {Path(str(grid.get('reported', 'the reported results'))).name} "
+        for impl, ids in implementations(grid, dataset, r["method"], r["labeled"]):
+            if not ids and impl != "ours":
+                continue
+            for rid in ids:
+                summaries.setdefault(rid, load_protocols(grid, rid))
+            scores = [reported.our_score(summaries[rid], proto) for rid in ids]
+            ours = [100 * x for x in scores if x is not None] if scores and None not in scores else []
+            diff = float(np.mean(ours)) - value if ours else None
+            v = reported.verdict(proto, diff, tol, reason if ids else "")
+            shown_diff = diff if diff is not None and v in ("reproduced", "not reproduced") else None
+            n_cases = ""
+            if ids and proto.known:
+                s0 = summaries[ids[0]]
+                n_cases = {"val": s0["n_val_cases"], "test": s0["n_test_cases"],
+                           "valtest": s0["n_val_cases"] + s0["n_test_cases"]}[proto.eval_split]
+            text = (f"{_pm(ours, scale=1.0)} ({n_cases} volumes, {len(ours)} seed{'s' * (len(ours) != 1)})"
+                    if ours else ("–" if ids else "not run here"))
+            row = [r["method"], r["labeled"], f"{value:.2f}", proto.describe(), impl, text,
+                   "–" if shown_diff is None else f"{shown_diff:+.2f}".replace("-", "−"), v, r["source"]]
+            rec = {"table": f"reproduction_{dataset}", "method": r["method"], "labeled": r["labeled"],
+                   "reported": repr(value), "ckpt_rule": proto.ckpt_rule, "select_split": proto.select_split,
+                   "eval_split": proto.eval_split, "eval_n": proto.eval_n, "postproc": proto.postproc,
+                   "protocol": proto.label(), "selected_on_scored_split": proto.selects_on_scored_split,
+                   "origin_known": reported.origin_known(r), "implementation": impl,
+                   "ours_mean": repr(float(np.mean(ours))) if ours else "",
+                   "ours_std": repr(float(np.std(ours, ddof=1))) if len(ours) > 1 else "",
+                   "n_seeds": len(ours), "ours_n_cases": n_cases,
+                   "diff": "" if shown_diff is None else repr(shown_diff), "verdict": v, "source": r["source"],
+                   "evidence": r.get("evidence", "")}
+            (known if reported.origin_known(r) else unknown).append((row, rec))
+    rows = [row for row, _ in known]
+    if unknown:
+        rows.append(["values of unknown origin (quoted or re-run by others, not verified against a source)",
+                     *[""] * (len(header) - 1)])
+        rows += [row for row, _ in unknown]
+    caption = (f"Reproduction on {dataset.upper()}: every reported Dice of the dataset beside each implementation "
+               "of its method in this grid (ours; the authors' own code where it ran), read under the reported "
+               "value's own protocol: checkpoint rule @ the split it was scored on (final: the last weights; "
+               "best(S): the best score on split S during training; valtest: validation and test cases together), "
+               "with its case count and post-processing. A selection made on the scored split is marked: it is "
+               f"optimistic. Mean ± std over seeds. Verdict: reproduced when |Δ| <= {tol:g} Dice points "
+               "(reproduction_tolerance), not reproduced otherwise; not comparable (no Δ) when the protocol is not "
+               "stated, the value was post-processed, or the data or schedule differ from the paper's. Our "
+               f"schedule: {schedule_text(grid, dataset)}. Values of unknown origin are listed apart."
+               + ("" if rows_in else f" No source in {Path(str(grid.get('reported', 'the reported results'))).name} "
                   f"reports a Dice for {dataset.upper()}.")
                + _synthetic_note(grid, dataset))
-    return TextTable(f"reproduction_{dataset}", caption, header, rows, records, fields)
+    return TextTable(f"reproduction_{dataset}", caption, header, rows,
+                     [rec for _, rec in known] + [rec for _, rec in unknown], fields)
 
 
 # ------------------------------------------------------------------ rendering

@@ -36,7 +36,9 @@ def _save(fig: plt.Figure, out_prefix: str | Path, caption: str, grid: dict[str,
     prefix = str(out_prefix)
     for fmt in ("png", "pdf"):
         with atomic_path(f"{prefix}.{fmt}") as tmp:
-            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+            # no creation date in the PDF: a figure rebuilt from the same runs is the same file
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight",
+                        metadata={"CreationDate": None} if fmt == "pdf" else None)
     plt.close(fig)
     if collect.is_synthetic(grid, dataset):
         caption = f"{caption} {SYNTHETIC_NOTE}"

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import write_text
-from . import collect
+from . import collect, reported
 from .collect import METRICS_MM, METRICS_VOX, Metric, Stat
 
 Cell = tuple[str, str]  # (labeled, metric key)
@@ -82,24 +82,28 @@ def _group_label(labeled: str) -> str:
     return "all labeled (upper bound)" if labeled == "all" else f"{labeled} labeled"
 
 
-def _reported_for(reported: list[dict[str, Any]], method: str, dataset: str, groups: list[str],
-                  metrics: tuple[Metric, ...], stats: dict[Cell, Stat], not_comparable: str = "",
-                  under: dict[tuple[str, str], float] | None = None) -> tuple[dict[Cell, Reported], list[str]]:
+def _reported_for(reported_rows: list[dict[str, Any]], method: str, dataset: str, groups: list[str],
+                  metrics: tuple[Metric, ...], stats: dict[Cell, Stat], checkpoint: str, not_comparable: str = "",
+                  under: dict[str, list[dict[str, Any]]] | None = None,
+                  where: str = "reported results") -> tuple[dict[Cell, Reported], list[str]]:
     """The reported values of (method, dataset, labeled), placed in the column of
-    matching units; no difference where ``not_comparable`` says why. ``under``
-    ((labeled, protocol) -> our Dice in %): where a reported Dice names its
-    protocol and ours under it is known, Delta is taken against that."""
+    matching units, each with its protocol (``report.reported``). A Dice gets
+    Δ against ours read under its own protocol, from ``under`` (labeled -> the
+    cell's protocol summaries); the other metrics only where the reported
+    protocol is this table's own (best(val)@test or final@test). Otherwise, and
+    where ``not_comparable`` says why, no difference is given, and the cell says why."""
+    table_protocol = "best(val)@test" if checkpoint == "best" else "final@test"
     out: dict[Cell, Reported] = {}
     sources: list[str] = []
-    for r in reported:
+    for r in reported_rows:
         if r["method"] != method or r["dataset"] != dataset or r["labeled"] not in groups:
             continue
-        proto = f"protocol: {r['protocol']}" if r.get("protocol") else ""
-        extra = "; ".join(x for x in (proto, r.get("protocol_note", "")) if x)
-        note = f"{r['source']}" + (f" ({extra})" if extra else "")
+        proto = reported.protocol_of(r, where)
+        note = f"{r['source']} (protocol: {proto.describe()})"
         if note not in sources:
             sources.append(note)
         units = r.get("units", "") or "voxel"
+        summaries = (under or {}).get(r["labeled"]) or []
         for key in ("dice", "jaccard", "hd95", "asd"):
             if not r.get(key):
                 continue
@@ -108,17 +112,28 @@ def _reported_for(reported: list[dict[str, Any]], method: str, dataset: str, gro
             match = next((m for m in cands if m.unit in ("%", units)), None)
             if match is None:  # no column in the reported units: show it, do not compare
                 out[(r["labeled"], cands[0].key)] = Reported(
-                    value, units, r["source"], None, f"units differ: {units} vs {cands[0].unit}, not compared")
+                    value, units, r["source"], None, f"units differ: {units} vs {cands[0].unit}, not compared",
+                    proto.label())
                 continue
-            ours = stats.get((r["labeled"], match.key), Stat(None, None, 0)).mean
-            protocol = r.get("protocol", "") if key == "dice" else ""
-            own = (under or {}).get((r["labeled"], protocol))
-            if own is not None:
-                ours = own
-            why = ("not comparable" if not_comparable else "") if ours is not None else "no value of ours"
+            ours = own = None
+            why = ""
+            if key == "dice" and summaries:
+                scores = [reported.our_score(s, proto) for s in summaries]
+                if None not in scores:
+                    ours = own = 100 * sum(scores) / len(scores)
+            elif proto.label() == table_protocol and proto.postproc == "none":
+                ours = stats.get((r["labeled"], match.key), Stat(None, None, 0)).mean
+            if not proto.known:
+                why = "protocol not stated"
+            elif proto.postproc != "none":
+                why = f"post-processing {proto.postproc}"
+            elif ours is None:
+                why = "no value of ours under it" if key == "dice" else f"other protocol than {table_protocol}"
+            elif not_comparable:
+                why = "not comparable"
             out[(r["labeled"], match.key)] = Reported(
                 value, units if match.unit != "%" else "%", r["source"],
-                None if ours is None or not_comparable else ours - value, why, protocol, own)
+                None if why else ours - value, why, proto.label(), own)
     return out, sources
 
 
@@ -146,9 +161,9 @@ def build_table(grid: dict[str, Any], name: str, checkpoint: str = "best") -> Ta
                  for row in spec["rows"] for ids in row["cells"].values() for rid in ids}
     has_mm = all(collect.summary_mean(s, "hd95_mm") is not None for s in summaries.values())
     metrics = METRICS_VOX + (METRICS_MM if has_mm else ())
-    reported = collect.load_reported(grid) if kind == "comparison" else []
-    from .evidence import not_comparable, ours_under_protocols
-    reason = not_comparable(grid, dataset) if reported else ""
+    reported_rows = collect.load_reported(grid) if kind == "comparison" else []
+    from .evidence import not_comparable, protocol_summaries
+    reason = not_comparable(grid, dataset) if reported_rows else ""
 
     rows: list[Row] = []
     for row in spec["rows"]:
@@ -156,8 +171,9 @@ def build_table(grid: dict[str, Any], name: str, checkpoint: str = "best") -> Ta
                                                m.scale)
                  for g, ids in row["cells"].items() for m in metrics}
         method = row.get("method", "")
-        under = ours_under_protocols(grid, row) if method and reported else {}
-        rep, sources = (_reported_for(reported, method, dataset, groups, metrics, stats, reason, under)
+        under = protocol_summaries(grid, row) if method and reported_rows else {}
+        rep, sources = (_reported_for(reported_rows, method, dataset, groups, metrics, stats, checkpoint, reason,
+                                      under, str(grid.get("reported")))
                         if method else ({}, []))
         rows.append(Row(str(row["label"]), method, collect.is_upper_bound(row), stats, rep, sources))
 

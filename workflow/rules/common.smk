@@ -189,7 +189,12 @@ def comparison_ids(dataset):
 
 
 def evidence_runs(wildcards):
-    return protocol_summaries(comparison_ids(wildcards.dataset))
+    return protocol_summaries(xgrid.evidence_ids(GRID, wildcards.dataset))
+
+
+def reported_file(wildcards):
+    """The reported-results CSV: an input of every table that shows it, so an edit rebuilds them."""
+    return [config["reported"]] if config.get("reported") else []
 
 
 def evidence_outputs():

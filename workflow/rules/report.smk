@@ -21,6 +21,7 @@ rule table:
     input:
         grid=f"{R}/grid.json",
         runs=table_runs,
+        reported=reported_file,
     output:
         md=f"{R}/tables/{{table}}.md",
         tex=f"{R}/tables/{{table}}.tex",
@@ -118,6 +119,7 @@ rule evidence:
     input:
         grid=f"{R}/grid.json",
         runs=evidence_runs,
+        reported=reported_file,
     output:
         tables=[
             f"{R}/tables/{kind}_{{dataset}}.{ext}"
