@@ -46,6 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+from crossmatch.provenance import record  # noqa: E402  (standard library only)
 
 STEP_VARIANTS = {d: ["network", "supervised", "crossmatch", "crossmatch_looped", "unimatch", other, "uamt", "mcnet",
                      "bcp"] for d, other in (("acdc", "semsim"), ("la", "simcvd"))}
@@ -210,7 +211,8 @@ def main() -> None:
                        "python": platform.python_version(), "cpus": os.cpu_count()},
            "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                                     capture_output=True, text=True).stdout.strip() or None,
-           "settings": {"iters": a.iters, "warmup": a.warmup, "reps": a.reps}, "errors": {}}
+           "settings": {"iters": a.iters, "warmup": a.warmup, "reps": a.reps}, "errors": {},
+           "provenance": record(device="cuda" if torch.cuda.is_available() else "cpu")}
 
     def save():
         a.out.parent.mkdir(parents=True, exist_ok=True)

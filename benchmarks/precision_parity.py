@@ -30,6 +30,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "reference"))
 from compare import pooled_std  # noqa: E402
+from crossmatch.provenance import record  # noqa: E402
 
 CHECKPOINTS = ("final", "best")
 
@@ -127,7 +128,7 @@ def main() -> None:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     runs = {"fp32": {f"{m}/s{s}": str(p) for (m, s), p in fp32.items()},
             "bf16": {f"{m}/s{s}": str(p) for (m, s), p in bf16.items()}}
-    a.out.write_text(json.dumps({"rows": rows, "runs": runs}, indent=2) + "\n")
+    a.out.write_text(json.dumps({"rows": rows, "runs": runs, "provenance": record()}, indent=2) + "\n")
     figure(fp32, bf16, rows, a.out.with_suffix(".png"))
     print(f"wrote {a.out} and {a.out.with_suffix('.png')}")
 

@@ -50,6 +50,8 @@ import sys
 import time
 from pathlib import Path
 
+from crossmatch.provenance import record
+
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {  # reference batch sizes: labeled = unlabeled = mix
     "acdc": {"batch": 12, "crop": [256, 256]},
@@ -256,7 +258,7 @@ def main() -> None:
     doc = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                        "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
                        "matmul_gflop_per_s": matmul_rate(a.threads) if a.device == "cpu" else None},
-           "iters": a.iters, "warmup": a.warmup, "results": results}
+           "iters": a.iters, "warmup": a.warmup, "results": results, "provenance": record(device=a.device)}
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(doc, indent=2) + "\n")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from crossmatch.provenance import record
+
 
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
@@ -83,7 +85,7 @@ def main() -> None:
         print(f"- {k}: mean Dice {pct(v['mean'])} ± {pct(v['std'])} over {v['seeds']} seed(s)")
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"runs": rows, "over_seeds": summary}, indent=2) + "\n")
+        a.out.write_text(json.dumps({"runs": rows, "over_seeds": summary, "provenance": record()}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -330,3 +330,16 @@ def test_precision_parity_and_loss_terms_name_what_is_missing(tmp_path):
                           str(tmp_path / "fp32" / "crossmatch" / "s0"), "--reference", str(tmp_path / "ref")],
                          capture_output=True, text=True)
     assert res.returncode != 0 and "train.log: no 'Iters: ...' lines" in res.stderr
+
+
+def test_every_committed_benchmark_result_has_its_provenance():
+    """Every JSON under benchmarks/results/ says where it came from: commit,
+    command, date, torch, device and CPU (the scripts record it; older files
+    carry a record backfilled from git history, which says so)."""
+    import json
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    files = sorted(results.glob("*.json"))
+    assert len(files) >= 70
+    for f in files:
+        prov = json.loads(f.read_text()).get("provenance")
+        assert isinstance(prov, dict) and {"commit", "command", "date", "torch", "device", "cpu"} <= set(prov), f.name

@@ -19,6 +19,8 @@ import math
 import statistics
 from pathlib import Path
 
+from crossmatch.provenance import record
+
 
 def run_key(row: dict) -> int | str:
     """A run's name on its side: its seed, with its data seed where it set one."""
@@ -67,7 +69,8 @@ def main() -> None:
         print(f"| {key[0]} | {key[1]} | {fmt(ours[key])} | {fmt(ref[key])} | {100 * diff:+.1f} | "
               f"{'-' if sd is None else f'{100 * sd:.1f}'} | {'-' if within is None else within} |")
     if a.out:
-        a.out.write_text(json.dumps({"ours": a.ours.split(","), "reference": a.reference.split(","), "rows": rows}, indent=2) + "\n")
+        a.out.write_text(json.dumps({"ours": a.ours.split(","), "reference": a.reference.split(","), "rows": rows,
+                                         "provenance": record()}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from crossmatch.data.batches import IterationBatches
 from crossmatch.data.specs import get_spec
 from crossmatch.data.splits import resolve_splits
 from crossmatch.io import write_json
+from crossmatch.provenance import record
 
 
 def image_stats(x: torch.Tensor) -> dict[str, np.ndarray]:
@@ -156,7 +157,8 @@ def main() -> None:
     for r in rows:
         print(f"{r['stream']:14s} {r['statistic']:16s} {r['reference']:10.4f}"
               + "".join(f" {r[n]:10.4f} {r['z_' + n]:6.1f}" for n in OURS))
-    write_json(args.out, {"samples": args.samples, "seed": args.seed, "rows": rows, "sides": sides})
+    write_json(args.out, {"samples": args.samples, "seed": args.seed, "rows": rows, "sides": sides,
+                          "provenance": record()})
     print(f"wrote {args.out}")
 
 

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from crossmatch.provenance import record
+
 TERMS = ("loss_x", "loss_s", "loss_kd", "mask_ratio")
 LINE = re.compile(r"Iters: (\d+), Total loss: [\d.]+, Loss x: ([\d.]+), Loss s: ([\d.]+), "
                   r"Loss KD: ([\d.]+), Mask ratio: ([\d.]+)")
@@ -164,7 +166,7 @@ def main() -> None:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps({"ours": a.ours.split(","), "reference": a.reference.split(","),
                                      "epoch_length": a.epoch_length, "rows": rows,
-                                     "exit_below": a.exit_below, "plateau_exit": exits,
+                                     "exit_below": a.exit_below, "plateau_exit": exits, "provenance": record(),
                                      "intervals": intervals}, indent=2) + "\n")
 
 

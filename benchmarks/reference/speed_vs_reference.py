@@ -46,6 +46,7 @@ sys.path.insert(0, str(PROJECT / "benchmarks"))
 from step_benchmark import matmul_rate  # noqa: E402
 
 from crossmatch.io import write_json  # noqa: E402
+from crossmatch.provenance import record  # noqa: E402
 
 CONFIG = "config/experiments/acdc_l3_cpu.yaml"
 TARGETS = {  # issue 16, at the README budget
@@ -157,7 +158,7 @@ def main() -> None:
              ("supervised", "reference", None), ("supervised", "ours", "fp32"), ("supervised", "ours", "bf16")]
     result = {"date": time.strftime("%Y-%m-%d"), "commit": subprocess.run(
                   ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
-              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "provenance": record(),
               "setup": {"iterations": args.iterations, "discard": args.discard, "threads": args.threads,
                         "batch": "4 labeled + 4 unlabeled + 4 CutMix source, 128x128 (ACDC, 3 labeled)",
                         "reference": str(args.reference)},
