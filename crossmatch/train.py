@@ -374,6 +374,9 @@ def train(cfg: dict[str, Any], run_dir: str | Path, stop_after: int | None = Non
     own runner: the authors' code); returns ``final.pt``."""
     runner = get_method(cfg["method"]["name"]).runner
     if runner:
+        if stop_after is not None:
+            raise ConfigError(f"--stop-after: {cfg['method']['name']} runs other code, which cannot stop and "
+                              "resume within a run")
         return importlib.import_module(runner).train(cfg, run_dir, restart_if_changed=restart_if_changed)
     return Trainer(cfg, run_dir, on_checkpoint, restart_if_changed=restart_if_changed).fit(stop_after)
 

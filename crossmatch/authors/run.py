@@ -132,7 +132,8 @@ def _convert(cfg: dict[str, Any], run: Run, raw_dir: Path) -> Path:
     device = pick_device(cfg["train"]["device"])
     model = make_model(cfg, spec).to(device)
     from ..train import save_checkpoint, validate
-    steps = {int(r["iteration"]): r for r in csv.DictReader(open(raw_dir / "steps.csv", newline=""))}
+    with open(raw_dir / "steps.csv", newline="") as f:
+        steps = {int(r["iteration"]): r for r in csv.DictReader(f)}
     best, rows = (-1.0, -1), []
     for it in sorted(int(p.stem[5:]) for p in raw_dir.glob("iter_*.pt")):
         ours = run.snapshot(it)
