@@ -224,7 +224,8 @@ def test_default_config_end_to_end_then_partial_rerun(quick_start: Path) -> None
         rep = (res / f"tables/reproduction_{dataset}.md").read_text()
         assert "| reproduced |" not in rep and "| not reproduced |" not in rep
         if dataset == "acdc":  # the one dataset whose phantom has a labeled count a paper reports
-            assert "| crossmatch | 3 | 88.27 | valtest |" in rep and "not comparable: synthetic phantom data" in rep
+            assert "| crossmatch | 3 | 88.27 | final@val; 20 volumes (10 patients) | ours |" in rep
+            assert "not comparable: synthetic phantom data" in rep
         assert "Δ +" not in comp and "Δ −" not in comp
     with open(res / "tables/ablation_tau.csv") as f:
         rows = list(csv.DictReader(f))
