@@ -100,6 +100,17 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
 
 SECTIONS = (*DEFAULTS, "method")
 
+# Train keys that change what a run learns, not only its budget: the experiment
+# id spells them where they differ from the dataset's default, so two settings
+# never share a run folder (budget keys are one per results folder and dataset).
+SPELLED_TRAIN = ("interpolation", "unlabeled_views", "data_seed", "precision")
+
+
+def default_of(section: str, key: str, dataset: str) -> Any:
+    """The value ``section.key`` takes when no config sets it: the dataset's
+    preset, else the global default."""
+    return get_spec(dataset).presets.get(section, {}).get(key, DEFAULTS[section][key][0])
+
 
 def _check_type(key: str, value: Any, default: Any) -> None:
     if default is None or value is None or key == "dataset.labeled" and value == "all":
@@ -154,10 +165,9 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
         bad = set(given) - set(keys)
         if bad:
             raise ConfigError(f"{section}.{sorted(bad)[0]}: unknown key; valid keys: {sorted(keys)}")
-        preset = spec.presets.get(section, {})
         cfg[section] = {}
         for key, (default, _) in keys.items():
-            value = given.get(key, preset.get(key, default))
+            value = given.get(key, default_of(section, key, name))
             _check_type(f"{section}.{key}", value, default)
             cfg[section][key] = value
     if "root" not in (raw.get("dataset") or {}):
@@ -196,6 +206,8 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     if t["data_seed"] is not None and (isinstance(t["data_seed"], bool) or not isinstance(t["data_seed"], int)
                                        or t["data_seed"] < 0):
         raise ConfigError(f"train.data_seed must be an integer >= 0 or null (train.seed), got {t['data_seed']!r}")
+    if t["data_seed"] == t["seed"]:
+        t["data_seed"] = None   # the same data stream: one spelling, so one run folder
     if t["val_every"] < 0:
         raise ConfigError(f"train.val_every must be >= 0 (0: never), got {t['val_every']}")
     if cfg["model"]["width"] < 1:
@@ -269,8 +281,8 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> dict[st
 def experiment_id(cfg: dict[str, Any]) -> str:
     """``<dataset>/<method>/l<labeled>/<settings>/s<seed>``, e.g.
     ``acdc/crossmatch/l3/tau0.95-eta0.3/s0``: the path says what it holds.
-    Settings spell the method's id keys and every non-default model or
-    method option."""
+    Settings spell the method's id keys, every non-default model or method
+    option and every non-default switch of ``SPELLED_TRAIN``."""
     m = cfg["method"]
     method = get_method(m["name"])
     base = {**method.defaults, **method.dataset_defaults.get(cfg["dataset"]["name"], {})}
@@ -278,6 +290,10 @@ def experiment_id(cfg: dict[str, Any]) -> str:
     parts += [f"{k}{m[k]}" for k in base
               if k not in method.id_keys and k not in method.unspelled and m[k] != base[k]]
     parts += [f"{k}{v}" for k, v in cfg["model"].items() if v != DEFAULTS["model"][k][0]]
+    t = cfg["train"]
+    same = {k: {default_of("train", k, cfg["dataset"]["name"])} for k in SPELLED_TRAIN}
+    same["data_seed"].add(t["seed"])   # null means train.seed: the same run
+    parts += [f"{k}{t[k]}" for k in SPELLED_TRAIN if t[k] not in same[k]]
     settings = "-".join(parts) or "default"
     return f"{cfg['dataset']['name']}/{m['name']}/l{cfg['dataset']['labeled']}/{settings}/s{cfg['train']['seed']}"
 

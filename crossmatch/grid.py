@@ -99,8 +99,8 @@ def expand(wf: dict[str, Any]) -> dict[str, Any]:
             eid, raw, cfg = _experiment(wf, dataset, method, labeled, seed, settings, where)
             if eid in experiments and experiments[eid]["config"] != cfg:
                 raise ConfigError(f"{where}: experiment {eid} is declared twice with different "
-                                  "settings that the id does not spell (e.g. a train.* key); "
-                                  "give the ablation the same schedule as the comparison")
+                                  "settings that the id does not spell (a budget key such as "
+                                  "train.iterations); give the ablation the same schedule as the comparison")
             experiments[eid] = {"dataset": dataset, "method": method, "labeled": cfg["dataset"]["labeled"],
                                 "seed": seed, "raw": experiments.get(eid, {}).get("raw", raw),
                                 "config": cfg, "iterations": cfg["train"]["iterations"],

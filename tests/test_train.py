@@ -100,7 +100,7 @@ def test_nan_loss_stops_with_experiment_and_iteration(acdc_root, tmp_path, monke
     raw = tiny_overrides(acdc_root, iterations=4, ckpt_every=2, val_every=0)
     raw["method"] = {"name": "supervised"}
     raw["train"]["precision"] = precision
-    with pytest.raises(TrainingDiverged, match=r"acdc/supervised/l3/default/s0: loss is nan at iteration 3.*latest\.pt") as err:
+    with pytest.raises(TrainingDiverged, match=rf"acdc/supervised/l3/precision{precision}/s0: loss is nan at iteration 3.*latest\.pt") as err:
         train(config.resolve(raw), tmp_path / "run")
     # under bf16 the message also names the fp32 way out
     assert ("train.precision: fp32" in str(err.value)) == (precision == "bf16")
@@ -201,6 +201,26 @@ def test_experiment_id_spells_settings():
     assert config.experiment_id(cfg) == "la/crossmatch/l8/tau0.75-eta0.3/s1"
     cfg = config.load(None, ["method.strong_views=1", "model.dropout_type=alpha"])
     assert config.experiment_id(cfg) == "acdc/crossmatch/l3/tau0.95-eta0.3-strong_views1-dropout_typealpha/s0"
+
+
+def test_experiment_id_spells_train_switches_not_budget():
+    """A train switch (interpolation, views, data seed, precision) changes what
+    a run learns, so two settings must not share a run folder; the budget and
+    the machine's threads are not spelled. ACDC's interpolation default is
+    nearest (its preset), so nearest is not spelled there and linear is."""
+    base = config.load(None, ["dataset.name=acdc", "train.iterations=7", "train.threads=1"])
+    assert config.experiment_id(base) == "acdc/crossmatch/l3/tau0.95-eta0.3/s0"
+    for setting, part in [("train.interpolation=linear", "interpolationlinear"),
+                          ("train.unlabeled_views=pil", "unlabeled_viewspil"),
+                          ("train.data_seed=1", "data_seed1"), ("train.precision=bf16", "precisionbf16")]:
+        cfg = config.load(None, ["dataset.name=acdc", setting])
+        assert config.experiment_id(cfg) == f"acdc/crossmatch/l3/tau0.95-eta0.3-{part}/s0"
+    assert config.experiment_id(config.load(None, ["dataset.name=acdc", "train.interpolation=nearest"])) \
+        == "acdc/crossmatch/l3/tau0.95-eta0.3/s0"
+    # data_seed null is train.seed: seed 0 with data seed 0 is the default run
+    assert config.experiment_id(config.load(None, ["train.data_seed=0"])).endswith("tau0.95-eta0.3/s0")
+    la = config.load(None, ["dataset.name=la", "train.interpolation=nearest"])
+    assert "interpolationnearest" in config.experiment_id(la)
 
 
 def test_split_backward_gives_the_same_gradient_as_one_backward():

@@ -24,8 +24,7 @@ with the measured value beside each.
 
 Needs the reference code (``--reference``, default
 ``../shared/reference/AiEson-CrossMatch``) and the harness that patches it
-for the CPU (``../shared/harness/reference-cpu``, as
-``run_reference_acdc.sh``); without the reference it says so and exits 0.
+for the CPU (``../shared/harness/reference-cpu``); without the reference it says so and exits 0.
 Run it alone on the machine: anything else running skews the ratios.
 """
 from __future__ import annotations
@@ -92,7 +91,7 @@ class Bench:
 
     def setup(self) -> None:
         """The reference patched for the CPU, torchvision beside it, its slice files
-        (the harness's setup, as run_reference_acdc.sh does it)."""
+        (the harness's own setup)."""
         if (self.work / "ref" / "ACDC" / ".patched").is_file() and (self.work / "cfg" / "b4_128.yaml").is_file():
             return
         harness = self.args.harness / "run.sh"

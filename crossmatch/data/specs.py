@@ -65,7 +65,7 @@ DATASETS: dict[str, DatasetSpec] = {
         lists={"labeled": "{n}/labeled.txt", "unlabeled": "{n}/unlabeled.txt",
                "val": "val.txt", "test": "test.txt", "train": "train_slices.txt"},
         # order-0 zoom and rotation of the image, as every ACDC reference code (SSL4MIS, UniMatch,
-        # CrossMatch): measured worth about 10 Dice to supervised at the README budget (docs/fidelity.md)
+        # CrossMatch); its cost: the interpolation ablation of config/acdc_cpu_fidelity.yaml
         presets={"train": {"batch_size": 12, "optimizer": "sgd", "lr": 0.01, "iterations": 30000,
                            "interpolation": "nearest"}},
         download_url="https://github.com/AiEson/CrossMatch/raw/main/ACDC/dataset/datasets/ACDC/data",
