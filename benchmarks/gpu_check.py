@@ -174,8 +174,8 @@ def end_to_end(plan: dict, work: Path) -> list[dict]:
         row["train_seconds"] = _cli("train", "--config", str(d / "exp.yaml"), "--out", str(d / "whole"))
         _cli("train", "--config", str(d / "exp.yaml"), "--out", str(d / "resumed"), "--stop-after", str(n // 2))
         _cli("train", "--config", str(d / "exp.yaml"), "--out", str(d / "resumed"))
-        a = torch.load(d / "whole/checkpoints/final.pt", map_location="cpu", weights_only=False)["model"]
-        b = torch.load(d / "resumed/checkpoints/final.pt", map_location="cpu", weights_only=False)["model"]
+        a = torch.load(d / "whole/checkpoints/final.pt", map_location="cpu", weights_only=True)["model"]
+        b = torch.load(d / "resumed/checkpoints/final.pt", map_location="cpu", weights_only=True)["model"]
         row["resumed_max_abs_weight_diff"] = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
         row["train_precision"] = yaml.safe_load((d / "whole/config.yaml").read_text())["train_precision"]
         row["evaluate_seconds"] = _cli("evaluate", "--run", str(d / "whole"), "--checkpoint", "final",

@@ -7,11 +7,13 @@ diverged loss) are printed without a traceback and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shlex
 import sys
 
 from .errors import CrossMatchError
+from .runlock import hold
 
 EPILOG_CONFIG = ("Config keys and defaults: `crossmatch config` (or docs/configuration.md). "
                  "Override any key with --set section.key=value, e.g. --set train.iterations=1500.")
@@ -20,7 +22,7 @@ EPILOG_CONFIG = ("Config keys and defaults: `crossmatch config` (or docs/configu
 def _check_data(a: argparse.Namespace) -> None:
     from .data.download import ensure_dataset
     r = ensure_dataset(a.dataset, a.raw, a.manifest, download=a.download, base_url=a.url,
-                       stamp=a.stamp, allow_missing=a.allow_missing)
+                       stamp=a.stamp, allow_missing=a.allow_missing, allow_local=a.allow_local)
     print(f"{a.dataset}: {len(r.ok)} files verified, {len(r.missing)} missing under {a.raw}")
 
 
@@ -40,7 +42,7 @@ def _preprocess(a: argparse.Namespace) -> None:
 
 def _train(a: argparse.Namespace) -> None:
     from . import config
-    from .train import FAIL_ONCE_ENV, fail_once, train
+    from .train import checkpoint_hooks, train
     cfg = config.load(a.config, a.set)
     if a.print_config:
         import yaml
@@ -50,26 +52,28 @@ def _train(a: argparse.Namespace) -> None:
     sets = "".join(f" --set {shlex.quote(x)}" for x in a.set)
     print(f"crossmatch train{f' --config {a.config}' if a.config else ''}{sets} --out {a.out}\n"
           f"experiment {config.experiment_id(cfg)}; resolved config -> {a.out}/config.yaml", flush=True)
-    marker = os.environ.get(FAIL_ONCE_ENV)  # test-only fault injection (crossmatch.train)
-    path = train(cfg, a.out, stop_after=a.stop_after, on_checkpoint=fail_once(marker) if marker else None,
-                 restart_if_changed=a.restart_if_changed)
+    with hold(a.out, "train"):   # test-only hooks from the environment (crossmatch.train)
+        path = train(cfg, a.out, stop_after=a.stop_after, on_checkpoint=checkpoint_hooks(dict(os.environ)),
+                     restart_if_changed=a.restart_if_changed)
     print(f"checkpoint: {path}")
 
 
 def _evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate_run
-    from .layout import EVAL_CHECKPOINTS
+    from .layout import EVAL_CHECKPOINTS, Run
     if a.threads:
         import torch
         torch.set_num_threads(a.threads)
     for ckpt in (EVAL_CHECKPOINTS if a.checkpoint == "both" else (a.checkpoint,)):
-        s = evaluate_run(a.run, ckpt, a.device, save_predictions=not a.no_predictions, limit=a.limit)
+        with hold(a.run, "evaluate"):
+            s = evaluate_run(a.run, ckpt, a.device, save_predictions=not a.no_predictions, limit=a.limit)
         per = ", ".join(f"{n} {100 * s['per_class'][str(i + 1)]['dice']['mean']:.1f}"
                         for i, n in enumerate(s["class_names"]))
         timing = (f"; training {s['train_seconds'] / 60:.1f} min, {s['seconds_per_iteration']:.3f} s/it"
                   if "train_seconds" in s else "")
         print(f"{ckpt} (iteration {s['iteration']}): mean Dice {100 * s['mean']['dice']['mean']:.2f} "
-              f"[{per}] on {s['n_test_cases']} test cases{timing} -> {a.run}/eval/{ckpt}/")
+              f"[{per}] on {s['n_test_cases']} test cases{timing} -> {Run(a.run).eval_dir(ckpt, bool(a.limit))}/"
+              + (" (a limited evaluation: no table counts it)" if a.limit else ""))
 
 
 def _protocols(a: argparse.Namespace) -> None:
@@ -77,7 +81,8 @@ def _protocols(a: argparse.Namespace) -> None:
     if a.threads:
         import torch
         torch.set_num_threads(a.threads)
-    s = score_run(a.run, a.device)
+    with hold(a.run, "protocols"):
+        s = score_run(a.run, a.device)
     parts = ", ".join(f"{name} {100 * p['test_dice']:.2f} (it {p['iteration']})" for name, p in s["protocols"].items())
     print(f"test mean Dice by protocol: {parts}; best_test - best_val "
           f"{100 * s['gap_best_test_minus_best_val']:+.2f} -> {a.run}/eval/protocols/")
@@ -125,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--manifest", required=True, help="manifest TSV, e.g. config/manifests/la_uamt_h5.tsv")
     s.add_argument("--download", action="store_true", help="download missing or corrupt files from --url")
     s.add_argument("--url", help="base URL; a file is fetched from <url>/<relative path, percent-encoded>")
+    s.add_argument("--allow-local", action="store_true",
+                   help="accept a --url on this machine (file:// or http://localhost); otherwise https only")
     s.add_argument("--allow-missing", action="store_true",
                    help="absent files only warn (a subset copy); corrupt files still fail")
     s.add_argument("--stamp", help="write a JSON stamp (counts, manifest sha256) on success")
@@ -195,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", default="both", choices=("final", "best", "both"))
     s.add_argument("--device", default="auto")
     s.add_argument("--no-predictions", action="store_true", help="do not save predicted label maps")
-    s.add_argument("--limit", type=int, default=0, help="evaluate the first N test cases only (0: all)")
+    s.add_argument("--limit", type=int, default=0, help="evaluate the first N test cases only, into eval/limited/ (no table counts it; 0: all)")
     s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     s.set_defaults(func=_evaluate)
 
@@ -228,9 +235,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except CrossMatchError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: crossmatch {args.command} stopped; run it again to go on (training resumes "
+              "from its last checkpoint; outputs are only ever replaced whole)", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: disk full writing {e.filename or 'a file'}: free space there and run again "
+              "(training resumes from its last checkpoint)", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(e: CrossMatchError) -> str:
+    """The message of ``e``; raised inside a data-loader worker, torch re-raises it
+    with the worker's traceback in the message: keep only the original message."""
+    text = str(e)
+    tag = f"{type(e).__module__}.{type(e).__qualname__}: "
+    return text.rsplit(tag, 1)[-1].strip() if "Original Traceback" in text and tag in text else text
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ generated from the same text); method hyperparameters are declared in
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,32 @@ def _check_type(key: str, value: Any, default: Any) -> None:
         raise ConfigError(f"{key}: expected {type(default).__name__}, got {value!r}")
 
 
+# The allowed interval of every numeric key, checked when a config resolves (so
+# a dry run of the workflow catches it): "[" / "]" closed, "(" / ")" open.
+RANGES: dict[str, str] = {
+    "train.iterations": "[1, inf)", "train.batch_size": "[1, inf)", "train.ckpt_every": "[1, inf)",
+    "train.log_every": "[1, inf)", "train.lr": "(0, inf)", "train.momentum": "[0, 1)",
+    "train.weight_decay": "[0, inf)", "train.poly_power": "[0, inf)", "train.seed": "[0, inf)",
+    "train.data_seed": "[0, inf)", "train.val_every": "[0, inf)", "train.num_workers": "[0, inf)",
+    "train.threads": "[0, inf)", "eval.val_cases": "[0, inf)", "eval.window_batch": "[1, inf)",
+    "model.width": "[1, inf)", "model.fp_gap": "[0, 1)", "model.decoder_dropout": "[0, 1)",
+}
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _check_ranges(cfg: dict[str, Any]) -> None:
+    for dotted, interval in RANGES.items():
+        section, key = dotted.split(".")
+        value = cfg[section][key]
+        low, high = (float(v) for v in interval[1:-1].split(","))
+        if value is None:
+            continue
+        ok = (value > low if interval[0] == "(" else value >= low) and \
+             (value < high if interval[-1] == ")" else value <= high)
+        if not ok:
+            raise ConfigError(f"{dotted} must be in {interval}, got {value!r}")
+
+
 def default(section: str, key: str) -> Any:
     """The default of ``section.key`` (its one home: ``DEFAULTS``)."""
     return copy.deepcopy(DEFAULTS[section][key][0])
@@ -188,32 +215,25 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
         cfg["dataset"]["labeled"] = "all"  # the upper bound labels every training case
 
     t, d = cfg["train"], cfg["dataset"]
-    t["crop"] = list(t["crop"] or spec.crop)
-    if len(t["crop"]) != spec.dim or any(int(c) % 16 for c in t["crop"]):
-        raise ConfigError(f"train.crop: need {spec.dim} sizes divisible by 16, got {t['crop']}")
+    crop = t["crop"] or spec.crop
+    if not isinstance(crop, (list, tuple)) or len(crop) != spec.dim \
+            or any(isinstance(c, bool) or not isinstance(c, int) or c < 16 or c % 16 for c in crop):
+        raise ConfigError(f"train.crop: need {spec.dim} sizes divisible by 16, e.g. {list(spec.crop)}, got {crop!r}")
+    t["crop"] = list(crop)
     t["poly_iterations"] = t["poly_iterations"] or t["iterations"]
     if t["precision"] not in PRECISIONS + (LEGACY_AMP,):
         raise ConfigError(f"train.precision must be one of {list(PRECISIONS)}, got {t['precision']!r}")
     if cfg["eval"]["precision"] not in ("train", *PRECISIONS):
         raise ConfigError(f"eval.precision must be one of {['train', *PRECISIONS]}, got {cfg['eval']['precision']!r}")
-    if cfg["eval"]["window_batch"] < 1:
-        raise ConfigError(f"eval.window_batch must be >= 1, got {cfg['eval']['window_batch']}")
     if t["optimizer"] not in ("sgd", "adamw"):
         raise ConfigError(f"train.optimizer must be sgd or adamw, got {t['optimizer']!r}")
-    for key in ("iterations", "batch_size", "ckpt_every", "log_every"):
-        if t[key] < 1:
-            raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
-    if t["data_seed"] is not None and (isinstance(t["data_seed"], bool) or not isinstance(t["data_seed"], int)
-                                       or t["data_seed"] < 0):
+    if t["data_seed"] is not None and (isinstance(t["data_seed"], bool) or not isinstance(t["data_seed"], int)):
         raise ConfigError(f"train.data_seed must be an integer >= 0 or null (train.seed), got {t['data_seed']!r}")
+    _check_ranges(cfg)
+    if not isinstance(t["device"], str) or not DEVICE.fullmatch(t["device"]):
+        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {t['device']!r}")
     if t["data_seed"] == t["seed"]:
         t["data_seed"] = None   # the same data stream: one spelling, so one run folder
-    if t["val_every"] < 0:
-        raise ConfigError(f"train.val_every must be >= 0 (0: never), got {t['val_every']}")
-    if cfg["model"]["width"] < 1:
-        raise ConfigError(f"model.width must be >= 1, got {cfg['model']['width']}")
-    if not 0.0 <= cfg["model"]["fp_gap"] < 1.0:
-        raise ConfigError(f"model.fp_gap must be in [0, 1), got {cfg['model']['fp_gap']}")
     if t["poly_iterations"] < t["iterations"]:
         raise ConfigError("train.poly_iterations must be >= train.iterations")
     if d["labeled"] != "all" and d["labeled"] not in spec.labeled_counts and "labeled" not in d["splits"]:
@@ -227,8 +247,6 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     if cfg["model"]["dropout_type"] not in DROPOUT_TYPES:
         raise ConfigError(f"model.dropout_type must be one of {DROPOUT_TYPES}, "
                           f"got {cfg['model']['dropout_type']!r}")
-    if not 0.0 <= cfg["model"]["decoder_dropout"] < 1.0:
-        raise ConfigError(f"model.decoder_dropout must be in [0, 1), got {cfg['model']['decoder_dropout']}")
     for section in ("train", "eval"):
         if cfg[section]["interpolation"] not in INTERPOLATIONS:
             raise ConfigError(f"{section}.interpolation must be one of {list(INTERPOLATIONS)}, "
@@ -304,6 +322,8 @@ def describe() -> str:
     for section, keys in DEFAULTS.items():
         for key, (default, help_) in keys.items():
             text = help_.replace("|", "\\|")  # a pipe would end the Markdown cell
+            if f"{section}.{key}" in RANGES:
+                text += f"; allowed {RANGES[f'{section}.{key}']}"
             lines.append(f"| `{section}.{key}` | `{default}` | {text} |")
     for name, cls in METHODS.items():
         for key, default in cls.defaults.items():

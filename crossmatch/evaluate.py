@@ -21,14 +21,15 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from .checkpoints import REWRITE_FINAL, RETRAIN, load_checkpoint
 from .data.h5 import read_case
 from .data.specs import DatasetSpec, get_spec
 from .data.splits import case_id
 from .factories import Precision, make_model, pick_device, pick_precision, splits_for
 from .errors import DataError
 from .inference import predict_slices_2d, sliding_window_3d
-from .io import atomic_path, write_json
-from .layout import EVAL_CHECKPOINTS, Run
+from .io import atomic_dir, atomic_path, write_json
+from .layout import EVAL_CHECKPOINTS, PER_CASE, PREDICTIONS, SUMMARY, Run
 from .metrics import EMPTY_POLICY, METRIC_KEYS, case_metrics, dice, summarise
 
 
@@ -96,9 +97,23 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "final", device: str = "
     files = splits.test[:limit] if limit else splits.test
     dev = pick_device(device)
     model = make_model(cfg, spec).to(dev)
-    state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+    state = load_checkpoint(ckpt_path, dev, remedy=REWRITE_FINAL if checkpoint == "final" else RETRAIN)
+    if state.get("experiment") and cfg.get("experiment") and state["experiment"] != cfg["experiment"]:
+        raise DataError(f"{ckpt_path} holds the weights of {state['experiment']}, not of this run "
+                        f"({cfg['experiment']}, {run.config}): the folder mixes two runs; train it again "
+                        "into a fresh --out")
     model.load_state_dict(state["model"])
+    dest = run.eval_dir(checkpoint, limited=bool(limit))
+    with atomic_dir(dest) as stage:   # replaced as a whole: never old and new files mixed
+        summary = _score(model, files, spec, cfg, dev, stage, checkpoint, save_predictions)
+        _describe(summary, cfg, state, checkpoint, files, spec, dev, run, limit)
+        write_json(stage / SUMMARY, summary)
+    return summary
 
+
+def _score(model: torch.nn.Module, files: list[Path], spec: DatasetSpec, cfg: dict[str, Any],
+           dev: torch.device, stage: Path, checkpoint: str, save_predictions: bool) -> dict[str, Any]:
+    """Predict and score every test case into ``stage``; the summary of the metrics."""
     rows: list[dict[str, Any]] = []
     for path in tqdm(files, desc=f"evaluate {checkpoint}", unit="case"):
         image, label, spacing = read_case(path, spec.n_classes)
@@ -107,13 +122,18 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "final", device: str = "
         for r in case_metrics(pred, label, spec.n_classes, spacing or spec.spacing):
             rows.append({"case": case, "class_name": spec.class_names[r["class"] - 1], **r})
         if save_predictions:
-            with atomic_path(run.prediction(checkpoint, case)) as tmp, h5py.File(tmp, "w") as f:
+            with atomic_path(stage / PREDICTIONS / f"{case}.h5") as tmp, h5py.File(tmp, "w") as f:
                 f.create_dataset("pred", data=pred, compression="gzip", compression_opts=1)
-    with atomic_path(run.per_case(checkpoint)) as tmp, open(tmp, "w", newline="") as f:
+    with open(stage / PER_CASE, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    summary = summarise(rows)
+    return summarise(rows)
+
+
+def _describe(summary: dict[str, Any], cfg: dict[str, Any], state: dict[str, Any], checkpoint: str,
+              files: list[Path], spec: DatasetSpec, dev: torch.device, run: Run, limit: int) -> None:
+    """What the summary's numbers are: the run, checkpoint, selection, split, units."""
     val = state.get("val_dice")
     summary.update({
         "experiment": cfg.get("experiment"), "checkpoint": checkpoint,
@@ -127,11 +147,11 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "final", device: str = "
                   "hd95_mm": "mm", "asd_mm": "mm"},
         "spacing_known": spec.spacing is not None, "empty_policy": EMPTY_POLICY,
         "metrics": list(METRIC_KEYS),
+        **({"limited": f"the first {limit} test cases only (crossmatch evaluate --limit): not counted "
+                       "by any table"} if limit else {}),
     })
     if run.log.is_file():
         with open(run.log, newline="") as f:
             last = list(csv.DictReader(f))[-1]
         summary["train_seconds"] = float(last["seconds"])
         summary["seconds_per_iteration"] = float(last["seconds"]) / int(last["iteration"])
-    write_json(run.summary(checkpoint), summary)
-    return summary

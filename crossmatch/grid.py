@@ -52,6 +52,29 @@ def _dotted(settings: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+# Experiment keys the grid sets for every run, and the workflow key that sets
+# each instead; an experiment block or ablation variant naming one is refused
+# (the grid would overwrite it silently).
+OWNED = {
+    "dataset.name": "the dataset's key under datasets",
+    "dataset.root": "results (each dataset is preprocessed under it)",
+    "dataset.raw": "datasets.{d}.raw or data_root",
+    "dataset.split_dir": "datasets.{d}.source",
+    "dataset.labeled": "datasets.{d}.labeled (an ablation: its labeled)",
+    "dataset.missing_cases": "datasets.{d}.missing_cases",
+    "method.name": "datasets.{d}.methods or comparison.methods (an ablation variant: its method)",
+    "train.seed": "seeds",
+}
+
+
+def _refuse_owned(settings: dict[str, Any], dataset: str, where: str) -> None:
+    for dotted, instead in OWNED.items():
+        section, key = dotted.split(".")
+        if key in (settings.get(section) or {}):
+            raise ConfigError(f"{where}: {dotted} is set by the workflow for every run; "
+                              f"set {instead.format(d=dataset)} instead")
+
+
 def dataset_paths(wf: dict[str, Any], name: str) -> dict[str, str]:
     """Where the workflow keeps one dataset: raw input, split lists, preprocessed root."""
     d, results = wf["datasets"][name], wf["results"]
@@ -71,7 +94,10 @@ def _experiment(wf: dict[str, Any], dataset: str, method: str, labeled: Any, see
                 settings: dict[str, Any], where: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
     d = wf["datasets"][dataset]
     paths = dataset_paths(wf, dataset)
-    raw = _merge(d.get("experiment") or {}, _dotted(settings, where))
+    _refuse_owned(d.get("experiment") or {}, dataset, f"datasets.{dataset}.experiment")
+    variant = _dotted(settings, where)
+    _refuse_owned(variant, dataset, where)
+    raw = _merge(d.get("experiment") or {}, variant)
     raw = _merge(raw, {
         "dataset": {"name": dataset, "root": paths["root"], "raw": paths["raw"],
                     "split_dir": paths["split_dir"], "labeled": labeled,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,3 +41,23 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def write_yaml(path: str | Path, obj: Any) -> None:
     write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a staging folder beside ``path``; on success it replaces ``path`` as a
+    whole (an interrupted writer leaves the old folder, or none, never a mix)."""
+    path = Path(path)
+    stage, old = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.old")
+    for leftover in (stage, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if path.exists():
+        path.rename(old)
+    stage.rename(path)
+    shutil.rmtree(old, ignore_errors=True)

@@ -10,7 +10,8 @@ A run folder (``<results>/runs/<experiment id>/``)::
   checkpoints/latest.pt    resumable state (weights, method extras, optimiser, scaler, RNG, iteration)
   checkpoints/best.pt      weights with the best validation Dice so far
   checkpoints/final.pt     weights after the last iteration (written last: the run is done)
-  eval/<checkpoint>/       summary.json, metrics_per_case.csv, predictions/<case>.h5
+  eval/<checkpoint>/       summary.json, metrics_per_case.csv, predictions/<case>.h5 (replaced whole)
+  eval/limited/<checkpoint>/  the same for `crossmatch evaluate --limit N` (part of the test split)
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 EVAL_CHECKPOINTS = ("final", "best")   # what `crossmatch evaluate` scores on the test split
+SUMMARY, PER_CASE, PREDICTIONS = "summary.json", "metrics_per_case.csv", "predictions"   # in eval/<checkpoint>/
 
 
 def run_dir(results: str | Path, exp: str) -> Path:
@@ -79,19 +81,21 @@ class Run:
                 path.rename(dest / path.name)
         return dest
 
-    def eval_dir(self, checkpoint: str) -> Path:
+    def eval_dir(self, checkpoint: str, limited: bool = False) -> Path:
+        """``eval/<checkpoint>``; an evaluation on part of the test split
+        (``--limit``) goes to ``eval/limited/<checkpoint>``, never counted."""
         if checkpoint not in EVAL_CHECKPOINTS:
             raise ValueError(f"checkpoint must be one of {EVAL_CHECKPOINTS}, got {checkpoint!r}")
-        return self.root / "eval" / checkpoint
+        return self.root / "eval" / ("limited" if limited else "") / checkpoint
 
     def summary(self, checkpoint: str) -> Path:
-        return self.eval_dir(checkpoint) / "summary.json"
+        return self.eval_dir(checkpoint) / SUMMARY
 
     def per_case(self, checkpoint: str) -> Path:
-        return self.eval_dir(checkpoint) / "metrics_per_case.csv"
+        return self.eval_dir(checkpoint) / PER_CASE
 
     def prediction(self, checkpoint: str, case: str) -> Path:
-        return self.eval_dir(checkpoint) / "predictions" / f"{case}.h5"
+        return self.eval_dir(checkpoint) / PREDICTIONS / f"{case}.h5"
 
     @classmethod
     def of_summary(cls, path: str | Path) -> tuple["Run", str]:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .checkpoints import load_checkpoint
 from .data.h5 import read_case
 from .data.specs import get_spec
 from .data.splits import case_id
@@ -90,13 +91,18 @@ def score_run(run_dir: str | Path, device: str = "auto") -> dict[str, Any]:
     dev = pick_device(device)
     model = make_model(cfg, spec).to(dev)
     for it in tqdm([i for i in iters if i not in done], desc="protocols: snapshots", unit="snapshot"):
-        model.load_state_dict(torch.load(run.snapshot(it), map_location=dev, weights_only=False)["model"])
+        state = load_checkpoint(run.snapshot(it), dev)
+        if state.get("experiment") not in (None, cfg.get("experiment")):
+            raise DataError(f"{run.snapshot(it)} holds the weights of {state['experiment']}, not of this run "
+                            f"({cfg.get('experiment')}): the folder mixes two runs; train it again into a "
+                            "fresh --out")
+        model.load_state_dict(state["model"])
         rows += _snapshot_rows(model, it, files, spec, cfg, dev)
         with atomic_path(curve_path) as tmp, open(tmp, "w", newline="") as f:  # one snapshot at a time
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-    best_it = int(torch.load(best_path, map_location="cpu", weights_only=False)["iteration"])
+    best_it = int(load_checkpoint(best_path)["iteration"])
     summary = choose(rows, best_it, cfg["train"]["iterations"])
     summary.update({"experiment": cfg.get("experiment"), "n_val_cases": len(files["val"]),
                     "n_test_cases": len(files["test"]), "snapshots": iters})

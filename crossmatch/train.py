@@ -10,6 +10,10 @@ and with ``train.snapshots`` the weights of every validation point
 A re-run of the same command resumes from ``latest.pt``; batch ``t`` and its
 augmentations are a function of (seed, t), and the RNG states are restored,
 so the resumed run ends with the same weights as an uninterrupted one.
+Checkpoints hold plain data only and are read with torch's ``weights_only``
+(``crossmatch.checkpoints``): the RNG states are stored as a tensor, lists
+and numbers, and a ``latest.pt`` written before that (numpy's state as an
+array) still resumes.
 
 ``on_checkpoint(experiment, iteration)`` is called after every ``latest.pt``:
 the tests inject faults through it. The command line sets it from the
@@ -18,6 +22,10 @@ test-only environment variable ``CROSSMATCH_FAIL_ONCE=<marker path>``
 creates the marker and exits with status 1, as a crashed job would; once
 the marker exists it has no effect, so a retried or re-run job resumes and
 completes (tests/test_faults.py checks Snakemake's ``retries`` with it).
+``CROSSMATCH_TEST_HOLD=<folder>`` (``hold_at_checkpoint``) holds the N-th
+experiment to checkpoint (N in ``<folder>/hold``) at its first checkpoint
+until ``<folder>/release`` exists, writing ``<folder>/held``: the fault tests
+interrupt a training in a known state, not after a guessed time.
 """
 from __future__ import annotations
 
@@ -36,6 +44,7 @@ import torch
 from tqdm import tqdm
 
 from . import config, provenance
+from .checkpoints import RESTART, RETRAIN, load_checkpoint, save_checkpoint
 from .config import experiment_id
 from .data.batches import IterationBatches, iteration_loader
 from .data.specs import DatasetSpec, get_spec
@@ -43,26 +52,41 @@ from .errors import ConfigError, TrainingDiverged
 from .evaluate import mean_dice
 from .factories import (make_model, make_optimizer, pick_device, pick_precision, poly_lr, seed_everything,
                         splits_for)
-from .io import atomic_path, write_yaml
+from .io import atomic_path, write_text, write_yaml
 from .layout import Run
 from .methods import get_method
 from .methods.base import StepContext
 from .runtime import tune_allocator
 
-__all__ = ["Trainer", "train", "validate", "save_checkpoint", "fail_once", "FAIL_ONCE_ENV"]
+__all__ = ["Trainer", "train", "validate", "save_checkpoint", "fail_once", "FAIL_ONCE_ENV", "HOLD_ENV",
+           "hold_at_checkpoint", "checkpoint_hooks"]
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global RNG states as plain data (what ``weights_only`` loads): torch's
+    as its byte tensor, numpy's legacy MT19937 state as a dict of a list and
+    numbers, Python's ``random.getstate()`` (a tuple of ints) as it is."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"bit_generator": str(name), "key": [int(k) for k in key], "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
+    """Restore ``_rng_state``'s states; numpy's may also be the tuple that
+    ``np.random.get_state()`` returns (checkpoints written before the dict)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    npy = state["numpy"]
+    if isinstance(npy, dict):
+        npy = (npy["bit_generator"], np.asarray(npy["key"], dtype=np.uint32), npy["pos"], npy["has_gauss"],
+               npy["cached_gaussian"])
+    np.random.set_state(npy)
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -70,11 +94,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def device_name(device: torch.device) -> str:
     """``cuda: NVIDIA H100 ...`` or ``cpu`` (for the provenance record)."""
     return f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "cpu"
-
-
-def save_checkpoint(path: Path, **state: Any) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 class CsvLog:
@@ -161,6 +180,40 @@ def fail_once(marker: str | Path) -> Callable[[str, int], None]:
     return hook
 
 
+HOLD_ENV = "CROSSMATCH_TEST_HOLD"
+
+
+def hold_at_checkpoint(folder: str | Path) -> Callable[[str, int], None]:
+    """The hold hook (module docstring): the N-th experiment to reach a checkpoint
+    (N in ``folder/hold``) waits there, its state saved, until ``folder/release`` exists."""
+    folder = Path(folder)
+
+    def hook(exp: str, iteration: int) -> None:
+        try:   # count each experiment once, even across processes
+            os.close(os.open(folder / f"seen-{exp.replace('/', '_')}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        if len(list(folder.glob("seen-*"))) != int((folder / "hold").read_text()):
+            return
+        write_text(folder / "held", f"{exp} {iteration} {os.getpid()}\n")
+        while not (folder / "release").exists():
+            time.sleep(0.05)
+    return hook
+
+
+def checkpoint_hooks(env: dict[str, str]) -> Callable[[str, int], None] | None:
+    """The test hooks the environment asks for (``FAIL_ONCE_ENV``, ``HOLD_ENV``), as one."""
+    hooks = [make(env[key]) for key, make in ((FAIL_ONCE_ENV, fail_once), (HOLD_ENV, hold_at_checkpoint))
+             if env.get(key)]
+    if not hooks:
+        return None
+
+    def both(exp: str, iteration: int) -> None:
+        for hook in hooks:
+            hook(exp, iteration)
+    return both
+
+
 class Trainer:
     """One experiment's training: ``build`` (device, network, method,
     optimiser, scaler), ``load_checkpoint`` (resume), ``step`` (one
@@ -209,7 +262,12 @@ class Trainer:
         for stale in self.run.checkpoints.glob(".*.tmp"):  # a save interrupted by a kill (io.atomic_path)
             stale.unlink()
         latest = self.run.checkpoint("latest")
-        state = torch.load(latest, map_location="cpu", weights_only=False) if latest.is_file() else None
+        state = load_checkpoint(latest, "cpu", remedy=RESTART) if latest.is_file() else None
+        earlier = [p.name for p in (self.run.log, self.run.checkpoints, self.run.root / "eval") if p.exists()]
+        if state is None and earlier:   # no run to resume, yet outputs of an earlier one: never count them
+            moved = self.run.supersede()
+            print(f"{self.exp}: no latest.pt to resume, so training starts afresh; the earlier outputs "
+                  f"({', '.join(earlier)}) moved to {moved}", flush=True)
         if state is not None and "config" in state:
             conflict = _resume_conflict(state["config"], self.cfg)
             if conflict and self.restart_if_changed:
@@ -294,8 +352,7 @@ class Trainer:
         name, first = self.stages[index]
         if index and it == first:
             best = self.run.checkpoint("best")
-            weights = (torch.load(best, map_location=self.device, weights_only=False)["model"]
-                       if best.is_file() else None)
+            weights = load_checkpoint(best, self.device, remedy=RETRAIN)["model"] if best.is_file() else None
             tqdm.write(f"{self.exp}: stage {index + 1} ({name}) from iteration {it}"
                        + (f", from the best validation so far (iteration {self.best[1]})" if weights else ""))
             self.method.begin_stage(name, weights)

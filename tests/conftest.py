@@ -34,6 +34,11 @@ def phantom_2d(rng: np.random.Generator, n_slices: int = 4, size: int = 48):
 def acdc_root(tmp_path: Path) -> dict:
     """Preprocessed-layout root with 3 train, 1 val, 1 test volumes and list
     files; returns the config ``dataset`` section that uses it."""
+    return make_acdc_root(tmp_path)
+
+
+def make_acdc_root(tmp_path: Path) -> dict:
+    """``acdc_root`` under ``tmp_path`` (for fixtures of a wider scope)."""
     rng = np.random.default_rng(0)
     root = tmp_path / "acdc"
     lists = {"labeled": [], "unlabeled": [], "val": [], "test": []}
@@ -53,7 +58,13 @@ def acdc_root(tmp_path: Path) -> dict:
         p = root / f"{role}.txt"
         p.write_text("\n".join(entries) + "\n")
         splits[role] = str(p)
+    mark_preprocessed(root, "acdc")
     return {"name": "acdc", "root": str(root), "labeled": 3, "splits": splits}
+
+
+def mark_preprocessed(root: Path, dataset: str) -> None:
+    """A hand-made root is complete: the manifest that `crossmatch preprocess` writes last."""
+    (root / "manifest.json").write_text(f'{{"dataset": "{dataset}", "note": "written by a test fixture"}}')
 
 
 def tiny_overrides(dataset: dict, **train) -> dict:
@@ -113,6 +124,7 @@ def la_root(tmp_path: Path) -> dict:
     for role, entries in lists.items():
         (root / f"{role}.list").write_text("\n".join(entries) + "\n")
         splits[role] = str(root / f"{role}.list")
+    mark_preprocessed(root, "la")
     return {"name": "la", "root": str(root), "labeled": 4, "splits": splits}
 
 

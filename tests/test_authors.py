@@ -51,6 +51,10 @@ def test_without_a_checkout_the_pinned_files_are_downloaded_and_checked(tmp_path
     served = tmp_path / "served"
     obtain("d00de40", served, checkout("d00de40"))
     monkeypatch.setattr("crossmatch.authors.code.raw_url", lambda commit: served.as_uri())
+    import functools
+
+    from crossmatch.data.download import download
+    monkeypatch.setattr("crossmatch.authors.code.download", functools.partial(download, allow_local=True))
     obtain("d00de40", tmp_path / "code")
     assert (tmp_path / "code" / "ACDC" / "model" / "unet.py").is_file()
     (served / "ACDC" / "model" / "unet.py").write_text("# not the authors' file\n")

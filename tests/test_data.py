@@ -10,7 +10,7 @@ from crossmatch.data.specs import get_spec
 from crossmatch.data.splits import carve_validation, read_list, resolve_splits
 from crossmatch.errors import DataError
 
-from conftest import needs_shared_data
+from conftest import mark_preprocessed, needs_shared_data
 
 
 def test_corrupt_h5_names_the_file(tmp_path):
@@ -60,6 +60,7 @@ def test_la_missing_cases_message_and_subset(tmp_path):
     test = read_list(spec.split_dir / "test.list")
     for case in train[:8] + test[:1]:
         write_case(tmp_path / "volumes" / f"{case}.h5", np.zeros((8, 8, 8)), np.zeros((8, 8, 8)))
+    mark_preprocessed(tmp_path, "la")
     with pytest.raises(DataError, match=r"91 of 100 cases .* missing .*--missing-cases subset"):
         resolve_splits(spec, tmp_path, 4)
     with pytest.warns(UserWarning, match="carved"):
@@ -150,3 +151,24 @@ def test_splits_without_a_preprocessed_root_say_to_preprocess(tmp_path):
     with pytest.raises(DataError, match=r"acdc: no preprocessed data at .*absent \(no volumes/ folder\): "
                        r"preprocess the raw dataset first, `crossmatch preprocess --dataset acdc"):
         resolve_splits(get_spec("acdc"), tmp_path / "absent", 3)
+
+
+@pytest.mark.parametrize("text,message", [("\n\n", "is empty: list one case per line"),
+                                          ("a.h5\nb.h5\na.h5\n", "names 1 case(s) twice, e.g. a")])
+def test_a_bad_split_list_is_refused_naming_the_file(tmp_path, text, message):
+    from crossmatch.data.splits import read_list
+    path = tmp_path / "labeled.txt"
+    path.write_text(text)
+    with pytest.raises(DataError, match=re.escape(f"split list {path} ") + ".*" + re.escape(message)):
+        read_list(path)
+
+
+def test_a_root_whose_preprocessing_did_not_finish_is_refused(tmp_path):
+    """The manifest is written last (and removed when preprocessing starts
+    again): without it the root is incomplete, whatever its files say."""
+    spec = get_spec("la")
+    for case in read_list(spec.split_dir / "train.list")[:8]:
+        write_case(tmp_path / "volumes" / f"{case}.h5", np.zeros((8, 8, 8)), np.zeros((8, 8, 8)))
+    with pytest.raises(DataError, match=re.escape(f"la: preprocessing of {tmp_path} did not finish (no "
+                                                  "manifest.json): run `crossmatch preprocess` again")):
+        resolve_splits(spec, tmp_path, 4, missing="subset")

@@ -107,7 +107,7 @@ def test_download_fills_missing_and_bad(tmp_path, remote):
     local = tmp_path / "local"
     (local).mkdir()
     (local / "b.h5").write_bytes(b"wrong")
-    assert download(entries, local, server.url, backoff=0) == []
+    assert download(entries, local, server.url, backoff=0, allow_local=True) == []
     assert len(check(entries, local).ok) == 3
     assert not list(local.rglob("*.part"))
     assert ("/case%201/mri_norm2.h5", None) in server.log
@@ -119,7 +119,7 @@ def test_partial_download_is_resumed_with_range(tmp_path, remote):
     local.mkdir()
     full = (server.root / "b.h5").read_bytes()
     (local / "b.h5.part").write_bytes(full[:3000])
-    assert download(entries[1:2], local, server.url, backoff=0) == []
+    assert download(entries[1:2], local, server.url, backoff=0, allow_local=True) == []
     assert server.log == [("/b.h5", "bytes=3000-")]
     assert (local / "b.h5").read_bytes() == full and not (local / "b.h5.part").exists()
 
@@ -132,7 +132,7 @@ def test_corrupt_server_file_fails_after_retries(tmp_path, remote):
     manifest = write_manifest(tmp_path / "m.tsv", entries)
     with pytest.raises(DataError, match=r"a\.h5.*wrong sha256 \(after 2 attempts\)"):
         ensure_dataset("acdc", tmp_path / "local", manifest, download=True, base_url=server.url,
-                       retries=2)
+                       retries=2, allow_local=True)
     assert [p for p, _ in server.log].count("/a.h5") == 2
     assert not (tmp_path / "local" / "a.h5").exists() and not (tmp_path / "local" / "a.h5.part").exists()
     assert (tmp_path / "local" / "b.h5").is_file()  # the good files were kept
@@ -186,8 +186,33 @@ def test_cli_check_data(tmp_path, remote, capsys):
     assert main(["check-data", "--dataset", "la", "--raw", str(raw), "--manifest", str(manifest)]) == 2
     assert "error: la: " in capsys.readouterr().err
     assert main(["check-data", "--dataset", "la", "--raw", str(raw), "--manifest", str(manifest),
-                 "--download", "--url", server.url, "--stamp", str(tmp_path / "s.json")]) == 0
+                 "--download", "--url", server.url, "--stamp", str(tmp_path / "s.json"), "--allow-local"]) == 0
     assert "la: 3 files verified, 0 missing" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("url", ["http://example.org/data", "file:///etc", "example.org/data", "ftp://x/y"])
+def test_downloads_take_https_only_unless_a_local_mirror_is_allowed(tmp_path, remote, capsys, url):
+    """One line, before anything is fetched; a local server over http (or a
+    file:// folder) only with --allow-local."""
+    server, entries = remote
+    manifest = write_manifest(tmp_path / "m.tsv", entries)
+    args = ["check-data", "--dataset", "la", "--raw", str(tmp_path / "raw"), "--manifest", str(manifest),
+            "--download"]
+    assert main([*args, "--url", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{url!r} is not an https:// URL" in err
+    assert main([*args, "--url", server.url]) == 2          # a local http server: refused by default
+    assert "is not an https:// URL" in capsys.readouterr().err
+    assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").rglob("*.h5"))
+
+
+def test_a_redirect_away_from_https_is_refused(tmp_path):
+    """An https download redirected to http stops at the redirect."""
+    from crossmatch.data.download import _HttpsRedirects
+    from crossmatch.errors import DataError
+    handler = _HttpsRedirects(allow_local=False)
+    with pytest.raises(DataError, match="not an https:// URL"):
+        handler.redirect_request(None, None, 302, "Found", {}, "http://mirror.example.org/a.h5")
 
 
 def test_shipped_manifests_parse():
@@ -202,7 +227,7 @@ def test_download_real_acdc_files(tmp_path):
     entries = read_manifest(REPO / "config/manifests/acdc_ssl4mis_h5.tsv")[:3]
     server = Server(src)
     try:
-        assert download(entries, tmp_path, server.url, backoff=0) == []
+        assert download(entries, tmp_path, server.url, backoff=0, allow_local=True) == []
     finally:
         server.close()
     assert [e.path for e in check(entries, tmp_path).ok] == [e.path for e in entries]

@@ -27,7 +27,7 @@ from conftest import REPO, tiny_overrides
 from test_workflow import pytestmark as _needs_snakemake, snakemake
 
 from crossmatch.evaluate import evaluate_run
-from crossmatch.train import FAIL_ONCE_ENV
+from crossmatch.train import FAIL_ONCE_ENV, HOLD_ENV
 
 pytestmark = [_needs_snakemake, pytest.mark.slow]
 
@@ -330,16 +330,16 @@ def test_interrupted_workflow_leaves_no_complete_looking_output_and_rerun_redoes
     ref = reference["dir"]
     # retries=0: with a retry, the job that Ctrl-C failed can be restarted before Snakemake
     # stops, and Snakemake then waits for it to finish (config/README.md, `retries`)
-    proc = popen_snakemake(wd, *sm_args(wd, "all_tables"), "--config", "retries=0")
+    # the second training to checkpoint is held there (one core: the first has finished), so
+    # Ctrl-C lands in a known state however busy the machine is
+    hold = wd / "hold"
+    hold.mkdir()
+    (hold / "hold").write_text("2")
+    proc = popen_snakemake(wd, *sm_args(wd, "all_tables"), "--config", "retries=0", env={HOLD_ENV: str(hold)})
     runs = wd / RES / "runs"
-
-    def second_training_running():
-        finals = list(runs.glob("**/checkpoints/final.pt"))
-        latest = [p for p in runs.glob("**/checkpoints/latest.pt") if not (p.parent / "final.pt").exists()]
-        return finals and latest
-
     try:
-        wait_for(second_training_running, "a second training job mid-run", proc)
+        wait_for((hold / "held").is_file, "the second training held at its first checkpoint", proc)
+        assert len(list(runs.glob("**/checkpoints/final.pt"))) == 1
         os.killpg(proc.pid, signal.SIGINT)                          # Ctrl-C in the terminal
         out = finish(proc, timeout=60)
     finally:

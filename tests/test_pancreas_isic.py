@@ -222,7 +222,7 @@ def test_train_and_evaluate_on_the_phantom(phantoms, tmp_path, name):
     subprocess.run([sys.executable, "-m", "crossmatch", "evaluate", "--run", str(run), "--checkpoint", "final",
                     "--threads", "1", "--limit", "2", "--no-predictions"],
                    check=True, cwd=tmp_path, env=env, capture_output=True)
-    out = run / "eval" / "final"
+    out = run / "eval" / "limited" / "final"   # --limit: apart from what tables count
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_test_cases"] == 2 and summary["class_names"] == list(get_spec(name).class_names)
     rows = (out / "metrics_per_case.csv").read_text().splitlines()

@@ -25,9 +25,9 @@ def test_acdc_short_run_writes_metrics(roots, tmp_path, method):
         "--set", "train.crop=[64,64]", "--set", "train.val_every=3", "--set", "eval.val_cases=2")
     out = cli("evaluate", "--run", str(run), "--limit", "3")
     assert "final (iteration 6)" in out and "best (iteration" in out
-    rows = pd.read_csv(run / "eval" / "final" / "metrics_per_case.csv")
+    rows = pd.read_csv(run / "eval" / "limited" / "final" / "metrics_per_case.csv")
     assert len(rows) == 9 and rows["dice"].between(0, 1).all()
-    s = json.loads((run / "eval" / "best" / "summary.json").read_text())
+    s = json.loads((run / "eval" / "limited" / "best" / "summary.json").read_text())
     assert s["n_test_cases"] == 3 and s["selection"] == "best validation mean Dice"
     assert s["mean"]["hd95_vox"]["mean"] > 0 and s["mean"]["hd95_mm"]["mean"] is None  # no spacing in SSL4MIS h5
 
@@ -44,7 +44,7 @@ def test_la_short_run_on_present_subset_writes_metrics(roots, tmp_path):
     assert res.returncode == 2 and "--missing-cases subset" in res.stderr
     cli("train", "--out", str(run), *common, "--set", "dataset.missing_cases=subset")
     cli("evaluate", "--run", str(run), "--limit", "1", "--checkpoint", "final")
-    rows = pd.read_csv(run / "eval" / "final" / "metrics_per_case.csv")
+    rows = pd.read_csv(run / "eval" / "limited" / "final" / "metrics_per_case.csv")
     assert len(rows) == 1 and rows.loc[0, "class_name"] == "LA"
-    s = json.loads((run / "eval" / "final" / "summary.json").read_text())
+    s = json.loads((run / "eval" / "limited" / "final" / "summary.json").read_text())
     assert s["mean"]["hd95_mm"]["mean"] is not None  # LA spacing 0.625 mm is known

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import mark_preprocessed
 from crossmatch.data.h5 import write_case
 from crossmatch.errors import DataError
 from crossmatch.layout import Run
@@ -101,6 +102,7 @@ def make_grid(tmp_path: Path) -> dict[str, Any]:
             label[k][(r >= 3 + k + i % 2) & (r < 6 + k)] = 2
             label[k][np.hypot(yy - 12, xx - 20) < 2] = 1
         write_case(root / "volumes" / f"{case}.h5", 0.3 * label + rng.normal(0, 0.05, label.shape), label)
+    mark_preprocessed(root, "acdc")
     reported = tmp_path / "reported.csv"
     reported.write_text(REPORTED)
     experiments: dict[str, Any] = {}
@@ -250,6 +252,19 @@ def test_qualitative_and_curves(grid: dict[str, Any], tmp_path: Path) -> None:
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
         assert (tmp_path / f"{name}.pdf").stat().st_size > 0
         assert "SYNTHETIC" in (tmp_path / f"{name}.txt").read_text()
+
+
+def test_a_table_refuses_runs_scored_on_different_test_sets(grid: dict[str, Any], tmp_path: Path) -> None:
+    """One run evaluated on fewer cases (e.g. `crossmatch evaluate --limit 1`):
+    the table names it and the fix, instead of setting unequal means side by side."""
+    rid = "acdc/crossmatch/l3/default/s1"
+    path = Path(grid["results"]) / "runs" / rid / "eval" / "best" / "summary.json"
+    s = json.loads(path.read_text())
+    path.write_text(json.dumps({**s, "n_test_cases": 1}))
+    with pytest.raises(DataError, match=rf"table comparison_acdc: its runs were scored on different test sets "
+                                        rf"\(1 cases for {rid}, \d+ for others\).*without --limit"):
+        write_table(grid, "comparison_acdc", tmp_path / "t")
+    assert not (tmp_path / "t.md").exists()
 
 
 def test_missing_summary_names_run(grid: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

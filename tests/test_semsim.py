@@ -223,7 +223,7 @@ def test_acdc_short_real_run_writes_metrics(roots, tmp_path):
         "--set", "train.crop=[64,64]", "--set", "train.val_every=2", "--set", "eval.val_cases=2")
     out = cli("evaluate", "--run", str(run), "--limit", "2").stdout
     assert "final (iteration 4)" in out and "best (iteration" in out
-    rows = pd.read_csv(run / "eval" / "final" / "metrics_per_case.csv")
+    rows = pd.read_csv(run / "eval" / "limited" / "final" / "metrics_per_case.csv")
     assert len(rows) == 6 and rows["dice"].between(0, 1).all()
     log = pd.read_csv(run / "log.csv")
     assert len(log) == 4 and log["loss"].notna().all() and log["intra"].notna().all()

@@ -72,11 +72,13 @@ def test_paper_grid_dry_run_counts_jobs_per_rule(workdir: Path) -> None:
         ["unimatch", kind, "uamt", "mcnet", "bcp"] for kind in ("semsim", "simcvd", "simcvd", "semsim")]
     comparison = sum(len(d["labeled"]) * 7 + 1 for d in cfg["datasets"].values())
     # ablation variants equal to a default run share it: one run per distinct setting
-    ablation = 2 * ((5 - 1) + (7 - 1) + (3 - 1) + (2 - 1) + (3 - 1))
-    assert n["experiment"] == n["train"] == n["evaluate"] == seeds * (comparison + ablation) == 375
-    assert n["table"] == 4 + len(cfg["ablations"]) == 14
-    # the protocol analysis of every comparison run, the evidence tables per dataset
-    assert n["protocols"] == seeds * comparison and n["evidence"] == 4
+    # (and the implementation ablation: ours with the paper's source pass, the authors' code at 2 commits)
+    ablation = 2 * ((5 - 1) + (7 - 1) + (3 - 1) + (2 - 1) + (3 - 1)) + 3
+    assert n["experiment"] == n["train"] == n["evaluate"] == seeds * (comparison + ablation) == 384
+    assert n["table"] == 4 + len(cfg["ablations"]) == 15
+    # the protocol analysis of every comparison run and of the authors' code (the reproduction
+    # table sets it beside ours), the evidence tables per dataset
+    assert n["protocols"] == seeds * (comparison + 2) and n["evidence"] == 4
     # Pancreas-CT and ISIC have no manifest: preprocessing validates them itself
     assert n["check_data"] == 2 and n["preprocess"] == 4
     assert "phantom" not in n
@@ -112,6 +114,39 @@ def test_bad_experiment_setting_names_the_config_key(workdir: Path) -> None:
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert "ablations.tau.variants[0]" in out and "method.tua" in out, out[-2000:]
+
+
+def test_a_bad_value_stops_the_dry_run_with_its_key(workdir: Path) -> None:
+    """Values are range-checked when the grid resolves each experiment, so
+    `snakemake -n` names the bad key before any job runs."""
+    cfg = default_config()
+    cfg["datasets"]["acdc"]["experiment"]["train"]["lr"] = 0.0
+    r = snakemake(workdir, "-n", "--configfile", str(write_config(workdir, cfg)))
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "train.lr must be in (0, inf), got 0.0" in out, out[-2000:]
+
+
+@pytest.mark.parametrize("where,key,instead", [
+    ("experiment", "train.seed", "seeds"),
+    ("experiment", "dataset.labeled", "datasets.acdc.labeled"),
+    ("experiment", "method.name", "datasets.acdc.methods or comparison.methods"),
+    ("variant", "dataset.root", "results"),
+])
+def test_the_grid_refuses_keys_it_owns_and_names_the_workflow_key(where, key, instead) -> None:
+    from crossmatch import grid
+    from crossmatch.errors import ConfigError
+    wf = default_config()
+    section, sub = key.split(".")
+    value = {"train.seed": 3, "dataset.labeled": 7, "method.name": "supervised", "dataset.root": "/tmp/x"}[key]
+    if where == "experiment":
+        wf["datasets"]["acdc"]["experiment"].setdefault(section, {})[sub] = value
+        place = "datasets.acdc.experiment"
+    else:
+        wf["ablations"]["tau"]["variants"][0]["set"] = {key: value}
+        place = "ablations.tau.variants[0]"
+    with pytest.raises(ConfigError, match=re.escape(place) + ".*" + re.escape(f"{key} is set by the workflow")
+                       + ".*" + re.escape(f"set {instead}")):
+        grid.expand(wf)
 
 
 def test_data_check_failure_names_missing_files_and_fix(workdir: Path) -> None:

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import torch
 import yaml
 
 from .. import provenance
+from ..checkpoints import load_checkpoint, save_checkpoint
 from ..config import experiment_id
 from ..data.specs import get_spec
 from ..errors import ConfigError, DataError
@@ -131,19 +131,22 @@ def _convert(cfg: dict[str, Any], run: Run, raw_dir: Path) -> Path:
     spec, splits, exp = get_spec("acdc"), splits_for(cfg), experiment_id(cfg)
     device = pick_device(cfg["train"]["device"])
     model = make_model(cfg, spec).to(device)
-    from ..train import save_checkpoint, validate
+    from ..train import validate
     with open(raw_dir / "steps.csv", newline="") as f:
         steps = {int(r["iteration"]): r for r in csv.DictReader(f)}
     best, rows = (-1.0, -1), []
     for it in sorted(int(p.stem[5:]) for p in raw_dir.glob("iter_*.pt")):
         ours = run.snapshot(it)
         if ours.is_file():
-            state = torch.load(ours, map_location=device, weights_only=False)
+            state = load_checkpoint(ours, device, remedy="delete it and re-run `crossmatch train` with the same "
+                                    "arguments: it is rebuilt from the authors' snapshot")
             model.load_state_dict(state["model"])
             score = state["val_dice"]
         else:
-            load_reference_state(model, torch.load(raw_dir / f"iter_{it:05d}.pt", map_location=device,
-                                                   weights_only=False)["model"])
+            raw = load_checkpoint(raw_dir / f"iter_{it:05d}.pt", device,
+                                  remedy=f"delete {raw_dir} and re-run `crossmatch train` with the same arguments: "
+                                         "the authors' script runs again")
+            load_reference_state(model, raw["model"])
             score = validate(model, spec, cfg, splits.val, device)
             save_checkpoint(ours, model=model.state_dict(), iteration=it, experiment=exp, val_dice=score)
             print(f"authors' snapshot {it}: validation Dice {score:.4f}", flush=True)

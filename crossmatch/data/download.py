@@ -111,7 +111,31 @@ def url_for(base_url: str, rel: str) -> str:
     return base_url.rstrip("/") + "/" + "/".join(urllib.parse.quote(c, safe="") for c in rel.split("/"))
 
 
-def _fetch(url: str, part: Path, size: int, timeout: float) -> None:
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def check_url(url: str, allow_local: bool = False) -> None:
+    """Downloads come over https only; ``allow_local`` also takes ``file://`` and
+    ``http://`` to this machine (a local mirror, tests). Raises DataError."""
+    parts = urllib.parse.urlsplit(url)
+    local = allow_local and (parts.scheme == "file" or parts.scheme == "http" and parts.hostname in LOOPBACK)
+    if not (parts.scheme == "https" and parts.netloc or local):
+        raise DataError(f"{url!r} is not an https:// URL: downloads are taken over https only "
+                        "(check-data --allow-local accepts a mirror on this machine: file:// or http://localhost)")
+
+
+class _HttpsRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to a URL that ``check_url`` accepts."""
+
+    def __init__(self, allow_local: bool):
+        self.allow_local = allow_local
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        check_url(newurl, self.allow_local)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _fetch(url: str, part: Path, size: int, timeout: float, allow_local: bool = False) -> None:
     """Append the rest of ``url`` to ``part`` (Range resume); restart if the server ignores Range."""
     have = part.stat().st_size if part.exists() else 0
     if have > size:
@@ -122,7 +146,7 @@ def _fetch(url: str, part: Path, size: int, timeout: float) -> None:
     req = urllib.request.Request(url, headers={"User-Agent": "crossmatch-repro"})
     if have:
         req.add_header("Range", f"bytes={have}-")
-    with urllib.request.urlopen(req, timeout=timeout) as r:
+    with urllib.request.build_opener(_HttpsRedirects(allow_local)).open(req, timeout=timeout) as r:
         resumed = have > 0 and r.status == 206
         with open(part, "ab" if resumed else "wb") as f:
             for block in iter(lambda: r.read(CHUNK), b""):
@@ -130,7 +154,7 @@ def _fetch(url: str, part: Path, size: int, timeout: float) -> None:
 
 
 def download(entries: list[Entry], root: str | Path, base_url: str, retries: int = 3,
-             timeout: float = 60.0, backoff: float = 1.0) -> list[Failure]:
+             timeout: float = 60.0, backoff: float = 1.0, allow_local: bool = False) -> list[Failure]:
     """Fetch every entry that is missing or bad under ``root``; return those that failed.
 
     Each file is downloaded to ``<file>.part`` (resumed with an HTTP Range request
@@ -139,6 +163,7 @@ def download(entries: list[Entry], root: str | Path, base_url: str, retries: int
     retried; network errors keep the partial file and are retried after
     ``backoff * attempt`` seconds; HTTP 4xx (except 408/429) fails at once.
     """
+    check_url(base_url, allow_local)
     root, failures = Path(root), []
     todo = [e for e in entries if _verify(root / e.path, e) is not None]
     for e in tqdm(todo, desc=f"download {root.name}", unit="file", leave=False):
@@ -148,7 +173,7 @@ def download(entries: list[Entry], root: str | Path, base_url: str, retries: int
         url, failure = url_for(base_url, e.path), None
         for attempt in range(1, retries + 1):
             try:
-                _fetch(url, part, e.size, timeout)
+                _fetch(url, part, e.size, timeout, allow_local)
             except urllib.error.HTTPError as err:
                 failure = Failure(e, f"{url}: HTTP {err.code} {err.reason}", False)
                 if err.code == 416:  # the partial file is longer than the server's: start over
@@ -185,7 +210,8 @@ download_files = download  # ``ensure_dataset``'s ``download`` flag shadows the 
 
 def ensure_dataset(name: str, root: str | Path, manifest: str | Path, download: bool = False,
                    base_url: str | None = None, stamp: str | Path | None = None,
-                   allow_missing: bool = False, retries: int = 3, timeout: float = 60.0) -> Report:
+                   allow_missing: bool = False, retries: int = 3, timeout: float = 60.0,
+                   allow_local: bool = False) -> Report:
     """Check ``root`` against ``manifest``, downloading missing/bad files if asked.
 
     Raises one DataError naming the dataset, the missing and corrupt files, where
@@ -195,11 +221,14 @@ def ensure_dataset(name: str, root: str | Path, manifest: str | Path, download: 
     JSON ``stamp`` (counts and the manifest's sha256) if given.
     """
     root, key = Path(root), name.lower()
+    if download and base_url:
+        check_url(base_url, allow_local)   # before the long check of every file
     entries = read_manifest(manifest)
     report = check(entries, root)
     failures: list[Failure] = []
     if report.problems and download and base_url:
-        failures = download_files(report.problems, root, base_url, retries=retries, timeout=timeout)
+        failures = download_files(report.problems, root, base_url, retries=retries, timeout=timeout,
+                                  allow_local=allow_local)
         report = check(entries, root)
     bad_downloads = [f for f in failures if f.corrupt]
     fatal_missing = [] if allow_missing else report.missing

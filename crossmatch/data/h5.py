@@ -47,6 +47,12 @@ def read_case(path: str | Path, n_classes: int, need_label: bool = True
     if label is not None:
         if label.shape != image.shape[: label.ndim]:
             raise DataError(f"{path}: image shape {image.shape} and label shape {label.shape} differ")
+        if label.dtype.kind == "f" and not np.array_equal(label, np.round(label)):
+            raise DataError(f"{path}: label values must be whole numbers (class indices), found "
+                            f"{sorted(np.unique(label[label != np.round(label)]).tolist())[:5]}; the "
+                            "label map was resampled with interpolation: resample it with nearest")
+        if label.dtype.kind not in "iuf" + "b":
+            raise DataError(f"{path}: label has dtype {label.dtype}; expected integer class indices")
         lo, hi = int(label.min()), int(label.max())
         if lo < 0 or hi >= n_classes:
             raise DataError(f"{path}: label values must be in [0, {n_classes - 1}], found "

@@ -20,7 +20,7 @@ from ..io import write_json
 from . import isic, pancreas
 from .h5 import RawCase, read_case, write_case
 from .specs import DatasetSpec, get_spec
-from .splits import MISSING_POLICIES, missing_cases_message, read_list, volume_of, write_lists
+from .splits import MANIFEST, MISSING_POLICIES, missing_cases_message, read_list, volume_of, write_lists
 
 
 def sha256(path: Path) -> str:
@@ -145,6 +145,7 @@ def preprocess(dataset: str, raw: str | Path, out: str | Path, missing: str = "e
     # validate every case before writing anything: a bad file leaves no partial output
     for case in tqdm(present, desc=f"check {dataset}", unit="case"):
         fmt.read(fmt.files(raw, case), spec)
+    (out / MANIFEST).unlink(missing_ok=True)   # until every case is rewritten, the root is incomplete
     files = {}
     for case in tqdm(present, desc=f"preprocess {dataset}", unit="case"):
         srcs = fmt.files(raw, case)
@@ -165,5 +166,5 @@ def preprocess(dataset: str, raw: str | Path, out: str | Path, missing: str = "e
                 "n_listed": len(cases), "n_present": len(present), "absent": absent,
                 "spacing": list(spec.spacing) if spec.spacing else None,
                 "cases": files}
-    write_json(out / "manifest.json", manifest)
+    write_json(out / MANIFEST, manifest)
     return manifest

@@ -25,6 +25,9 @@ VAL_SEED = 2026        # the seed that carved crossmatch/splits/la/val.list
 VAL_SIZE = 8
 
 
+MANIFEST = "manifest.json"   # a preprocessed root's record, written last: the root is complete
+
+
 def case_id(entry: str) -> str:
     name = entry.strip().rsplit("/", 1)[-1]
     return name[:-3] if name.endswith(".h5") else name
@@ -34,7 +37,16 @@ def read_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"split list {path} not found")
-    return [case_id(line) for line in path.read_text().splitlines() if line.strip()]
+    ids = [case_id(line) for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"split list {path} is empty: list one case per line, or delete it to use the "
+                        "standard list")
+    seen: set[str] = set()
+    twice = [c for c in ids if c in seen or seen.add(c)]
+    if twice:
+        raise DataError(f"split list {path} names {len(twice)} case(s) twice, e.g. {twice[0]}: "
+                        "each case once")
+    return ids
 
 
 def volume_of(slice_id: str) -> str:
@@ -147,6 +159,9 @@ def resolve_splits(spec: DatasetSpec, root: str | Path, labeled: int | str,
                         f"the raw dataset first, `crossmatch preprocess --dataset {spec.name} --raw <raw folder> "
                         f"--out {root}` (or `crossmatch preprocess --config <experiment.yaml>`), or set "
                         "dataset.root to where it was written; the workflow does this itself")
+    if not (root / MANIFEST).is_file():   # written last by preprocess, removed when it starts again
+        raise DataError(f"{spec.name}: preprocessing of {root} did not finish (no {MANIFEST}): run "
+                        "`crossmatch preprocess` again (the workflow does: delete the folder and rerun)")
     split_dir = Path(split_dir) if split_dir else spec.split_dir
     if labeled != "all" and int(labeled) not in spec.labeled_counts and "labeled" not in overrides:
         raise DataError(f"{spec.name}: no split lists for {labeled} labeled cases; "

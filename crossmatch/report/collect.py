@@ -142,6 +142,20 @@ def load_summary(grid: dict[str, Any], rid: str, checkpoint: str) -> dict[str, A
     return _read_json(path, f"run {rid}:", hint)
 
 
+def same_cases(summaries: dict[str, dict[str, Any]], what: str) -> None:
+    """Refuse to set runs side by side that were scored on different numbers of
+    test cases (e.g. one evaluated with ``--limit``): their means do not compare."""
+    counts: dict[int, list[str]] = {}
+    for rid, s in summaries.items():
+        counts.setdefault(int(s.get("n_test_cases") or s.get("n_cases") or 0), []).append(rid)
+    if len(counts) > 1:
+        (few, few_ids), (many, _) = min(counts.items()), max(counts.items())
+        raise DataError(f"{what}: its runs were scored on different test sets ({few} cases for {few_ids[0]}"
+                        f"{f' and {len(few_ids) - 1} more' if len(few_ids) > 1 else ''}, {many} for others); "
+                        f"evaluate {few_ids[0]} on the whole test split: crossmatch evaluate --run "
+                        "<its run folder>, without --limit")
+
+
 def summary_mean(summary: dict[str, Any], key: str) -> float | None:
     """The run's mean over test cases and foreground classes, None when not computed."""
     value = summary.get("mean", {}).get(key, {}).get("mean")

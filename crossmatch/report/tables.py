@@ -159,6 +159,7 @@ def build_table(grid: dict[str, Any], name: str, checkpoint: str = "best") -> Ta
         groups += [g for g in row["cells"] if g not in groups]
     summaries = {rid: collect.load_summary(grid, rid, checkpoint)
                  for row in spec["rows"] for ids in row["cells"].values() for rid in ids}
+    collect.same_cases(summaries, f"table {name}")
     has_mm = all(collect.summary_mean(s, "hd95_mm") is not None for s in summaries.values())
     metrics = METRICS_VOX + (METRICS_MM if has_mm else ())
     reported_rows = collect.load_reported(grid) if kind == "comparison" else []

@@ -32,8 +32,14 @@ def _schema_errors(cfg, path):
 
     schema = yaml.safe_load(Path(path).read_text())
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.path))
-    keys = lambda e: ".".join(str(p) for p in e.path) or "(top level)"  # noqa: E731
-    return [f"{keys(e)}: {e.message}" for e in errors]
+
+    def line(e):
+        where = ".".join(str(p) for p in e.path) or "(top level)"
+        # a pattern's schema says in words what it allows (names and paths that become file names)
+        hint = f" ({e.schema['description']})" if e.validator == "pattern" and "description" in e.schema else ""
+        return f"{where}: {e.message}{hint}"
+
+    return [line(e) for e in errors]
 
 
 _seeds_from_command_line(config)
@@ -103,28 +109,37 @@ def raw_ready(wildcards):
     return f"{R}/data/{wildcards.dataset}/check.json" if d.get("manifest") else []
 
 
+# Argument lists, one item per shell word: `{params.args:q}` in a shell
+# command quotes each item, so the shell never reads a config string.
 def check_args(wildcards):
     d = dataset_cfg(wildcards.dataset)
     if not d.get("manifest"):
         raise WorkflowError(f"datasets.{wildcards.dataset}.manifest: needed for source: raw")
-    args = [f"--manifest {d['manifest']}"]
+    args = ["--manifest", d["manifest"]]
     if d.get("download"):
         if not d.get("url"):
             raise WorkflowError(f"datasets.{wildcards.dataset}.download is true but no url is set")
-        args += ["--download", f"--url {d['url']}"]
+        args += ["--download", "--url", d["url"]]
     if d.get("missing_cases") == "subset":
         args.append("--allow-missing")
-    return " ".join(args)
+    return args
 
 
 def phantom_args(wildcards):
     p = dataset_cfg(wildcards.dataset).get("phantom") or {}
-    args = [f"--seed {p.get('seed', 0)}"]
+    args = ["--seed", p.get("seed", 0)]
     if "cases" in p:
-        args.append(f"--cases {p['cases']}")
+        args += ["--cases", p["cases"]]
     if "size" in p:
-        args.append(f"--size {' '.join(map(str, p['size']))}")
-    return " ".join(args)
+        args += ["--size", *p["size"]]
+    return args
+
+
+def split_dir_args(wildcards):
+    """Phantoms bring their split lists; raw datasets use the package's standard
+    lists: no --split-dir at all (an empty value would eat the next argument)."""
+    split_dir = data_paths(wildcards.dataset)["split_dir"]
+    return ["--split-dir", split_dir] if split_dir else []
 
 
 def experiment_settings(wildcards):

@@ -14,7 +14,8 @@ rule phantom:
         args=phantom_args,
         out=lambda wc: f"{R}/phantoms/{wc.dataset}",
     shell:
-        "python -m crossmatch phantom --dataset {wildcards.dataset} --out {params.out} " "{params.args} > {log} 2>&1"
+        "python -m crossmatch phantom --dataset {wildcards.dataset:q} --out {params.out:q} {params.args:q} "
+        "> {log:q} 2>&1"
 
 
 rule check_data:
@@ -28,8 +29,8 @@ rule check_data:
         raw=lambda wc: data_paths(wc.dataset)["raw"],
         args=check_args,
     shell:
-        "python -m crossmatch check-data --dataset {wildcards.dataset} --raw {params.raw:q} {params.args} "
-        "--stamp {output} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+        "python -m crossmatch check-data --dataset {wildcards.dataset:q} --raw {params.raw:q} {params.args:q} "
+        "--stamp {output:q} > {log:q} 2>&1 || (cat {log:q} >&2; exit 1)"
 
 
 rule preprocess:
@@ -45,16 +46,10 @@ rule preprocess:
         mem_mb=4000,
     params:
         raw=lambda wc: data_paths(wc.dataset)["raw"],
-        # raw datasets use the package's standard lists: no --split-dir (an empty value would eat the
-        # next argument)
-        split_arg=lambda wc: (
-            f"--split-dir {shlex.quote(data_paths(wc.dataset)['split_dir'])}"
-            if data_paths(wc.dataset)["split_dir"]
-            else ""
-        ),
+        split_args=split_dir_args,
         missing=lambda wc: dataset_cfg(wc.dataset).get("missing_cases", xconfig.default("dataset", "missing_cases")),
         root=lambda wc: data_paths(wc.dataset)["root"],
     shell:
-        "python -m crossmatch preprocess --dataset {wildcards.dataset} --raw {params.raw:q} "
-        "--out {params.root} --missing-cases {params.missing} "
-        "{params.split_arg} > {log} 2>&1 || (tail -n 20 {log} >&2; exit 1)"
+        "python -m crossmatch preprocess --dataset {wildcards.dataset:q} --raw {params.raw:q} "
+        "--out {params.root:q} --missing-cases {params.missing:q} "
+        "{params.split_args:q} > {log:q} 2>&1 || (tail -n 20 {log:q} >&2; exit 1)"

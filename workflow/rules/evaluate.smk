@@ -24,8 +24,8 @@ rule evaluate:
     params:
         run=lambda wc: run_dir(wc.exp),
     shell:
-        "python -m crossmatch evaluate --run {params.run} --checkpoint both --threads {threads} > {log} 2>&1 "
-        "|| (tail -n 20 {log} >&2; exit 1)"
+        "python -m crossmatch evaluate --run {params.run:q} --checkpoint both --threads {threads} > {log:q} 2>&1 "
+        "|| (tail -n 20 {log:q} >&2; exit 1)"
 
 
 # The papers' selection protocols, after training: every validation-point
@@ -50,5 +50,5 @@ rule protocols:
     params:
         run=lambda wc: run_dir(wc.exp),
     shell:
-        "python -m crossmatch protocols --run {params.run} --threads {threads} > {log} 2>&1 "
-        "|| (tail -n 20 {log} >&2; exit 1)"
+        "python -m crossmatch protocols --run {params.run:q} --threads {threads} > {log:q} 2>&1 "
+        "|| (tail -n 20 {log:q} >&2; exit 1)"

@@ -37,8 +37,8 @@ rule table:
     params:
         prefix=output_prefix,
     shell:
-        "python -m crossmatch report table --grid {input.grid} --name {wildcards.table} "
-        "--runs {input.runs} --out {params.prefix} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+        "python -m crossmatch report table --grid {input.grid:q} --name {wildcards.table:q} "
+        "--runs {input.runs:q} --out {params.prefix:q} > {log:q} 2>&1 || (cat {log:q} >&2; exit 1)"
 
 
 rule ablation_figure:
@@ -61,8 +61,8 @@ rule ablation_figure:
     params:
         prefix=output_prefix,
     shell:
-        "python -m crossmatch report figure --grid {input.grid} --name {wildcards.table} "
-        "--runs {input.runs} --out {params.prefix} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+        "python -m crossmatch report figure --grid {input.grid:q} --name {wildcards.table:q} "
+        "--runs {input.runs:q} --out {params.prefix:q} > {log:q} 2>&1 || (cat {log:q} >&2; exit 1)"
 
 
 rule training_curves:
@@ -85,8 +85,8 @@ rule training_curves:
     params:
         prefix=output_prefix,
     shell:
-        "python -m crossmatch report curves --grid {input.grid} --dataset {wildcards.dataset} "
-        "--runs {input.runs} --out {params.prefix} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+        "python -m crossmatch report curves --grid {input.grid:q} --dataset {wildcards.dataset:q} "
+        "--runs {input.runs:q} --out {params.prefix:q} > {log:q} 2>&1 || (cat {log:q} >&2; exit 1)"
 
 
 rule qualitative:
@@ -110,9 +110,9 @@ rule qualitative:
         prefix=output_prefix,
         cases=config.get("figures", {}).get("qualitative_cases", 3),
     shell:
-        "python -m crossmatch report qualitative --grid {input.grid} --dataset {wildcards.dataset} "
-        "--cases {params.cases} --runs {input.runs} --out {params.prefix} > {log} 2>&1 "
-        "|| (cat {log} >&2; exit 1)"
+        "python -m crossmatch report qualitative --grid {input.grid:q} --dataset {wildcards.dataset:q} "
+        "--cases {params.cases:q} --runs {input.runs:q} --out {params.prefix:q} > {log:q} 2>&1 "
+        "|| (cat {log:q} >&2; exit 1)"
 
 
 rule evidence:
@@ -151,5 +151,5 @@ rule evidence:
         # the results folder: the figure's grandparent
         out=lambda wildcards, output: os.path.dirname(os.path.dirname(output.png)),
     shell:
-        "python -m crossmatch report evidence --grid {input.grid} --dataset {wildcards.dataset} "
-        "--runs {input.runs} --out {params.out} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+        "python -m crossmatch report evidence --grid {input.grid:q} --dataset {wildcards.dataset:q} "
+        "--runs {input.runs:q} --out {params.out:q} > {log:q} 2>&1 || (cat {log:q} >&2; exit 1)"

@@ -43,5 +43,5 @@ rule train:
     params:
         out=lambda wc: run_dir(wc.exp),
     shell:
-        "python -m crossmatch train --config {input.config} --set train.threads={threads} --out {params.out} "
-        "--restart-if-changed >> {log} 2>&1 || (tail -n 20 {log} >&2; exit 1)"
+        "python -m crossmatch train --config {input.config:q} --set train.threads={threads} --out {params.out:q} "
+        "--restart-if-changed >> {log:q} 2>&1 || (tail -n 20 {log:q} >&2; exit 1)"
