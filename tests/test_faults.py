@@ -70,7 +70,7 @@ def eval_target(exp: str) -> str:
 def popen_snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     """Snakemake in the background, in its own session (a terminal's process group)."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow/Snakefile"),
-           "--directory", str(workdir), *args]
+           "--directory", str(workdir), "--quiet", "host", *args]   # each job's rule and files: read below
     # SIGINT back to its default: when the test suite itself was started in the
     # background of a non-interactive shell (nohup ... &), SIGINT is ignored and
     # every child would inherit that, so Ctrl-C (our SIGINT) would do nothing

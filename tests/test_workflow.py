@@ -24,10 +24,12 @@ pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None and not (
     "(pip install -e '.[workflow]')")
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run the checkout's workflow with ``workdir`` as working directory."""
+def snakemake(workdir: Path, *args: str, timeout: int = 900, quiet: bool = False) -> subprocess.CompletedProcess:
+    """Run the checkout's workflow with ``workdir`` as working directory; with each
+    job's rule, files and reason printed (``--quiet host``: the tests read them)
+    unless ``quiet`` (the default profile's terminal, as a user sees it)."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow/Snakefile"),
-           "--directory", str(workdir), *args]
+           "--directory", str(workdir), *(() if quiet else ("--quiet", "host")), *args]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -175,8 +177,9 @@ def quick_start(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("quick_start")
     (workdir / "config").symlink_to(REPO / "config")
     r = snakemake(workdir, "--cores", "2", "all", "--configfile", str(write_config(workdir, default_config())),
-                  timeout=1200)
+                  timeout=1200, quiet=True)
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    (workdir / "terminal.txt").write_text(r.stdout + r.stderr)
     r = snakemake(workdir, "--report", "report.html", "--configfile", str(workdir / "test_config.yaml"))
     assert r.returncode == 0, r.stderr[-2000:]
     return workdir
@@ -197,6 +200,20 @@ def test_report_shows_every_table_and_figure_in_a_browser(quick_start: Path) -> 
     assert len(found["results"]) == 38, found["results"]
     bad = {p: s for p, s in found["results"].items() if not (s.startswith("image ") or s == "html table")}
     assert not bad, bad
+
+
+@pytest.mark.slow
+def test_the_quick_start_terminal_is_short_and_ends_with_where_things_are(quick_start: Path) -> None:
+    """Progress and errors, not every job's command and file lists; the last
+    lines say where the tables and figures are and how to build the report."""
+    text = (quick_start / "terminal.txt").read_text()
+    lines = text.splitlines()
+    # a few lines of progress per job (Snakemake's scheduler lines), no command, file list or reason
+    assert len(lines) <= 5.5 * job_counts(text)["total"] + 40, len(lines)
+    assert max(map(len, lines)) < 400 and "reason:" not in text and "input:" not in text
+    tail = "\n".join(lines[-6:])   # then only Snakemake's log path and elapsed time
+    assert "Done. Tables: results/synthetic/tables/" in tail and "figures: results/synthetic/figures/" in tail
+    assert "One HTML page of everything: snakemake --report results/synthetic/report.html" in tail
 
 
 @pytest.mark.slow

@@ -261,3 +261,15 @@ def all_figures():
         for ext in ("png", "pdf")
     ]
     return [*ablation_figures(), *per_dataset]
+
+
+def done_message():
+    """The last lines of a successful run: where its outputs are, and the report."""
+    configs = " ".join(f"--configfile {shlex.quote(str(f))}" for f in workflow.config_settings.configfiles)
+    if not os.path.isdir(f"{R}/tables"):
+        return f"Done: the outputs are under {R}/."
+    return (
+        f"Done. Tables: {R}/tables/ (Markdown, LaTeX, HTML, CSV); figures: {R}/figures/.\n"
+        f"One HTML page of everything: snakemake --report {shlex.quote(os.path.join(R, 'report.html'))}"
+        + (f" {configs}" if configs else "")
+    )
