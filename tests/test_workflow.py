@@ -84,6 +84,29 @@ def test_paper_grid_dry_run_counts_jobs_per_rule(workdir: Path) -> None:
     # Pancreas-CT and ISIC have no manifest: preprocessing validates them itself
     assert n["check_data"] == 2 and n["preprocess"] == 4
     assert "phantom" not in n
+    # the counts the README and docs/workflow.md quote are these
+    readme, guide = docs_text("README.md"), docs_text("docs/workflow.md")
+    assert f"{n['train']} trainings, {n['total']:,} jobs" in readme
+    assert f"{n['train']} trainings, {n['total']:,} jobs" in guide
+    assert (f"lists {n['total']:,} jobs ({n['experiment']} experiment configs, {n['train']} trainings, "
+            f"{n['evaluate']} evaluations, {n['protocols']} protocol analyses, {n['table']} tables, "
+            f"{n['evidence']} evidence jobs") in guide
+
+
+def docs_text(name: str) -> str:
+    """A doc's text with its line breaks as spaces (a count may wrap)."""
+    return " ".join((REPO / name).read_text().split())
+
+
+def test_the_default_runs_counts_in_the_docs_are_its_dry_run(workdir: Path) -> None:
+    r = snakemake(workdir, "-n", "all")
+    assert r.returncode == 0, r.stderr[-3000:]
+    n = job_counts(r.stdout)
+    assert f"{n['total']} jobs, {n['train']} trainings" in docs_text("README.md")
+    figures = n["ablation_figure"] + n["training_curves"] + n["qualitative"]
+    assert (f"runs {n['total']} jobs ({n['train']} trainings, {n['evaluate']} evaluations, {n['protocols']} "
+            f"protocol analyses, {n['table']} tables, {n['evidence']} evidence jobs, {figures} figures"
+            in docs_text("docs/workflow.md"))
 
 
 def test_real_config_dry_run(workdir: Path) -> None:
