@@ -1,4 +1,4 @@
-"""Evaluation of a trained run on the test split (DESIGN section 6).
+"""Evaluation of a trained run on the test split (docs/training.md, "Evaluation protocol").
 
 ``evaluate_run(run_dir, "final" | "best")`` writes, under
 ``run_dir/eval/<checkpoint>/``: ``metrics_per_case.csv`` (one row per case

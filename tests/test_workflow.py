@@ -63,7 +63,8 @@ def test_lint_passes(workdir: Path) -> None:
 
 
 def test_paper_grid_dry_run_counts_jobs_per_rule(workdir: Path) -> None:
-    r = snakemake(workdir, "-n", "all_tables", "--configfile", str(REPO / "config/paper.yaml"))
+    r = snakemake(workdir, "-n", "all_tables", "--configfile", str(REPO / "config/paper.yaml"),
+                  "--config", "data_root=/data")
     assert r.returncode == 0, r.stderr[-3000:]
     n = job_counts(r.stdout)
     cfg = yaml.safe_load((REPO / "config/paper.yaml").read_text())
@@ -363,7 +364,7 @@ def test_loading_the_workflow_does_not_import_torch(workdir: Path) -> None:
     probe = ("import atexit, sys; atexit.register(lambda: print('TORCH_IMPORTED', 'torch' in sys.modules)); "
              "from snakemake.cli import main; sys.argv[0] = 'snakemake'; main()")
     cmd = [sys.executable, "-c", probe, "--snakefile", str(REPO / "workflow/Snakefile"), "--directory", str(workdir),
-           "-n", "all_tables", "--configfile", str(REPO / "config/paper.yaml")]
+           "-n", "all_tables", "--configfile", str(REPO / "config/paper.yaml"), "--config", "data_root=/data"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert "Job stats:" in r.stdout, r.stderr[-3000:]
     assert "TORCH_IMPORTED False" in r.stdout, r.stdout[-1000:]

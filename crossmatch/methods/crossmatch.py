@@ -7,7 +7,7 @@ features. All decoder streams of one forward pass are batch-stacked
 (``need_fp``). Unlabeled losses are Dice against hard pseudo-labels, masked
 where the teacher's confidence is below ``tau``.
 
-One step (DESIGN section 4):
+One step (docs/methods.md, CrossMatch):
   1. no grad: predictions on the CutMix source batch (dn, dw, ds), to fill
      the mixed regions of the pseudo-labels. ``source_pass: train``
      (default) is the reference code's (its ``model.eval()`` is commented

@@ -16,7 +16,7 @@ One step, labeled x (with label y) and unlabeled u, both streams batched:
   voxels: ``n_voxels`` per volume, ``boundary_fraction`` of them drawn near
   the teacher's predicted boundary (smallest |SDM|), the rest uniformly;
   embeddings = proj([features, SDM]) at those voxels, L2-normalised.
-Loss (weights as DESIGN section 5 maps them):
+Loss (weights as docs/methods.md, SimCVD, maps them):
   sup        (CE + Dice) / 2 on x                                     x 1
   sdm        MSE(student SDM, exact SDM of y) on x                    x alpha
   contrast   InfoNCE, student vs teacher embedding of the same voxel
