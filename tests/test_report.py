@@ -254,6 +254,16 @@ def test_qualitative_and_curves(grid: dict[str, Any], tmp_path: Path) -> None:
         assert "SYNTHETIC" in (tmp_path / f"{name}.txt").read_text()
 
 
+def test_a_partial_dataset_is_stated_in_every_caption(grid: dict[str, Any], tmp_path: Path) -> None:
+    write_table(grid, "comparison_acdc", tmp_path / "full")
+    assert "PARTIAL DATA" not in (tmp_path / "full.md").read_text()
+    for e in grid["experiments"].values():
+        e["config"]["dataset"]["missing_cases"] = "subset"
+    write_table(grid, "comparison_acdc", tmp_path / "t")
+    for ext, key in (("md", "missing_cases"), ("html", "missing_cases"), ("tex", r"missing\_cases")):
+        assert f"PARTIAL DATA: ACDC ran with dataset.{key}: subset" in (tmp_path / f"t.{ext}").read_text(), ext
+
+
 def test_a_table_refuses_runs_scored_on_different_test_sets(grid: dict[str, Any], tmp_path: Path) -> None:
     """One run evaluated on fewer cases (e.g. `crossmatch evaluate --limit 1`):
     the table names it and the fix, instead of setting unequal means side by side."""

@@ -190,6 +190,23 @@ def test_data_check_failure_names_missing_files_and_fix(workdir: Path) -> None:
     assert not (workdir / "results/real/runs").exists()
 
 
+@pytest.mark.realdata
+def test_an_incomplete_la_copy_stops_unless_the_config_opts_in(workdir: Path) -> None:
+    """The shared LA copy has 16 of 100 cases: the real config stops naming the
+    missing files and the opt-in key; a second config file opting in runs on."""
+    from conftest import needs_shared_data
+    data = needs_shared_data("LA").parent
+    args = ["--cores", "1", "results/real/data/la/check.json", "--configfile", str(REPO / "config/real.yaml")]
+    r = snakemake(workdir, *args, "--config", f"data_root={data}", timeout=300)
+    err = r.stdout + r.stderr
+    assert r.returncode != 0 and "84 of 100 files missing" in err, err[-3000:]
+    assert "opt in: datasets.la.missing_cases: subset" in err
+    (workdir / "partial_la.yaml").write_text("datasets: {la: {missing_cases: subset}}\n")
+    r = snakemake(workdir, *args, str(workdir / "partial_la.yaml"), "--config", f"data_root={data}", timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert json.loads((workdir / "results/real/data/la/check.json").read_text())["missing"] == 84
+
+
 def read_md_rows(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.startswith("|")]
 

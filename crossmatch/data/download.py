@@ -266,6 +266,8 @@ def _message(name: str, key: str, root: Path, total: int, report: Report, missin
         "rerun with a working URL" if tried else
         f"or let the pipeline download them: set datasets.{key}.download: true and "
         f"datasets.{key}.url: <base URL>")
+    partial = (f" To run on the present cases instead, opt in: datasets.{key}.missing_cases: subset "
+               "(every table then says PARTIAL DATA)." if missing and not report.corrupt else "")
     return (f"{name}: data under {root} does not match its manifest: {'; '.join(what)}. {where}, "
             f"and put them under {root} (config key datasets.{key}.raw), keeping the manifest's "
-            f"relative paths; {fix}.")
+            f"relative paths; {fix}.{partial}")

@@ -188,6 +188,16 @@ def build_table(grid: dict[str, Any], name: str, checkpoint: str = "best") -> Ta
                  groups, metrics, rows, _bold(rows, columns, metrics), caption, notes)
 
 
+def _partial_data(grid: dict[str, Any], spec: dict[str, Any]) -> str:
+    """The caption's statement of an opted-in partial dataset, or ''."""
+    ids = [rid for row in spec["rows"] for c in row["cells"].values() for rid in c]
+    if not any(grid["experiments"][rid]["config"]["dataset"].get("missing_cases") == "subset" for rid in ids):
+        return ""
+    return (f"PARTIAL DATA: {spec['dataset'].upper()} ran with dataset.missing_cases: subset, on the cases "
+            "present; listed cases absent from the data were dropped (each run's config.yaml notes say how "
+            "many), so these numbers are not the standard split's.")
+
+
 def _caption(grid: dict[str, Any], spec: dict[str, Any], title: str, checkpoint: str,
              summaries: dict[str, dict[str, Any]], has_mm: bool, any_reported: bool, not_comparable: str = "") -> str:
     seeds = sorted({len(ids) for row in spec["rows"] for ids in row["cells"].values()})
@@ -205,6 +215,7 @@ def _caption(grid: dict[str, Any], spec: dict[str, Any], title: str, checkpoint:
         selection += "; runs trained without validation use their final weights"
     parts = [
         f"{title}, test split ({', '.join(map(str, n_test))} cases).",
+        *([partial] if (partial := _partial_data(grid, spec)) else []),
         f"Checkpoint {selection}.",
         cells + "each run's mean over test cases and foreground classes.",
         "Dice and Jaccard in %; 95HD and ASD in voxels"
