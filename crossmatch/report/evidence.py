@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,10 @@ def paired_table(grid: dict[str, Any], dataset: str, n_boot: int = 10000) -> Tex
                "seeds and test cases both have. 95 % CI: hierarchical bootstrap (seeds resampled, then test "
                f"cases within each seed; {n_boot} draws, percentile interval); ★: the interval excludes 0. "
                "Wilcoxon: two-sided signed-rank test (scipy) on the per-case differences averaged over seeds "
-               "(n = cases). Seed spread: std (ddof=1) and range of the method's per-seed means. "
+               "(n = cases), for comparison with papers that report it. ★ is the rule: the interval accounts for "
+               "seeds and cases, the Wilcoxon test for cases only, so they can disagree (one seed: the interval "
+               "covers case noise only; few cases: the test cannot reach p < 0.05, e.g. p ≥ 0.125 at 4). "
+               "Seed spread: std (ddof=1) and range of the method's per-seed means. "
                + "; ".join(f"{p}: {PROTOCOLS[p]}" for p in PAIRED_PROTOCOLS) + "."
                + _synthetic_note(grid, dataset))
     return TextTable(f"paired_{dataset}", caption, header, rows, records)
@@ -288,10 +292,18 @@ def reproduction_table(grid: dict[str, Any], dataset: str) -> TextTable:
 
 # ------------------------------------------------------------------ rendering
 
+NUMBER = re.compile(r"^[\s+\-−–(]*(\d|–$|$)")   # a number, a signed number, or empty ("–")
+
+
+def text_columns(t: TextTable) -> list[bool]:
+    """Which columns hold text (left-aligned) rather than numbers (right-aligned)."""
+    return [i < 1 or not all(NUMBER.match(str(r[i])) for r in t.rows) for i in range(len(t.header))]
+
+
 def to_markdown(t: TextTable) -> str:
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = [f"**Table {t.name}.** {t.caption}", "", "| " + " | ".join(map(esc, t.header)) + " |",
-             "|" + "|".join([":---"] * 2 + ["---:"] * (len(t.header) - 2)) + "|"]
+             "|" + "|".join(":---" if text else "---:" for text in text_columns(t)) + "|"]
     lines += ["| " + " | ".join(map(esc, r)) + " |" for r in t.rows]
     if not t.rows:
         lines.append("| " + " | ".join(["(none)"] + [""] * (len(t.header) - 1)) + " |")
@@ -301,8 +313,9 @@ def to_markdown(t: TextTable) -> str:
 def to_html(t: TextTable) -> str:
     from .tables import _HTML_STYLE
     e = html.escape
-    head = "".join(f"<th>{e(h)}</th>" for h in t.header)
-    body = "\n".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in t.rows)
+    cls = [' class="t"' if text else "" for text in text_columns(t)]
+    head = "".join(f"<th{k}>{e(h)}</th>" for k, h in zip(cls, t.header))
+    body = "\n".join("<tr>" + "".join(f"<td{k}>{e(c)}</td>" for k, c in zip(cls, r)) + "</tr>" for r in t.rows)
     return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{e(t.name)}</title>'
             f"<style>{_HTML_STYLE}</style></head><body>\n<table>\n"
             f"<caption><b>Table {e(t.name)}.</b> {e(t.caption)}</caption>\n<thead><tr>{head}</tr></thead>\n"

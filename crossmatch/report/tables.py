@@ -188,6 +188,12 @@ def build_table(grid: dict[str, Any], name: str, checkpoint: str = "best") -> Ta
                  groups, metrics, rows, _bold(rows, columns, metrics), caption, notes)
 
 
+def _units(dataset: str) -> str:
+    """Distances are in pixels on single 2D images (ISIC), in voxels on volumes."""
+    from ..data.specs import get_spec
+    return "pixels" if get_spec(dataset).single_images else "voxels"
+
+
 def _partial_data(grid: dict[str, Any], spec: dict[str, Any]) -> str:
     """The caption's statement of an opted-in partial dataset, or ''."""
     ids = [rid for row in spec["rows"] for c in row["cells"].values() for rid in c]
@@ -218,7 +224,7 @@ def _caption(grid: dict[str, Any], spec: dict[str, Any], title: str, checkpoint:
         *([partial] if (partial := _partial_data(grid, spec)) else []),
         f"Checkpoint {selection}.",
         cells + "each run's mean over test cases and foreground classes.",
-        "Dice and Jaccard in %; 95HD and ASD in voxels"
+        f"Dice and Jaccard in %; 95HD and ASD in {_units(spec['dataset'])}"
         + (" and in mm." if has_mm else " (mm not shown: not every run's data carries voxel spacing)."),
         "Bold: best per column" + (", excluding the fully supervised upper bound."
                                    if any(collect.is_upper_bound(r) for r in spec["rows"]) else "."),
@@ -334,6 +340,7 @@ def to_latex(t: Table) -> str:
 _HTML_STYLE = ("body{font-family:sans-serif;font-size:13px;margin:12px}table{border-collapse:collapse}"
                "th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}"
                "th:first-child,td:first-child{text-align:left}th[colspan]{text-align:center}"
+               "th.t,td.t{text-align:left;white-space:normal;max-width:40em}"
                "tr.reported td{color:#555;font-style:italic;white-space:normal}"
                "caption{caption-side:top;text-align:left;max-width:70em;padding-bottom:8px}")
 
