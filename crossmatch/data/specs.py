@@ -45,6 +45,7 @@ class DatasetSpec:
     # and image size, (slices, H, W) / (X, Y, Z) voxels / (H, W)
     phantom_cases: int = 10
     phantom_size: tuple[int, ...] = ()
+    display: str = ""              # the name figures and reports show (default: name)
 
     @property
     def split_dir(self) -> Path:
@@ -58,7 +59,7 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "acdc": DatasetSpec(
-        name="acdc", dim=2, n_classes=4, class_names=("RV", "Myo", "LV"), in_channels=1,
+        name="acdc", display="ACDC", dim=2, n_classes=4, class_names=("RV", "Myo", "LV"), in_channels=1,
         crop=(256, 256), labeled_counts=(1, 3, 7, 14),
         # the SSL4MIS h5 volumes carry no spacing: mm metrics need the raw NIfTI
         spacing=None, intensity_range=(0.0, 1.0),
@@ -74,7 +75,7 @@ DATASETS: dict[str, DatasetSpec] = {
         phantom_cases=12, phantom_size=(6, 64, 64),
     ),
     "la": DatasetSpec(
-        name="la", dim=3, n_classes=2, class_names=("LA",), in_channels=1,
+        name="la", display="LA", dim=3, n_classes=2, class_names=("LA",), in_channels=1,
         crop=(112, 112, 80), labeled_counts=(4, 8, 16), eval_stride=(18, 18, 4),
         spacing=(0.625, 0.625, 0.625), dice_from_class=1, dice_smooth=1e-5,
         lists={"labeled": "train_{n}_label.list", "unlabeled": "train_{n}_unlabel.list",
@@ -89,7 +90,7 @@ DATASETS: dict[str, DatasetSpec] = {
     # NIfTI CT resampled to 1 mm and cropped around the pancreas (crossmatch.data.pancreas);
     # training and Dice settings as LA (V-Net, foreground-only Dice)
     "pancreas": DatasetSpec(
-        name="pancreas", dim=3, n_classes=2, class_names=("Pancreas",), in_channels=1,
+        name="pancreas", display="Pancreas-CT", dim=3, n_classes=2, class_names=("Pancreas",), in_channels=1,
         crop=(96, 96, 96), labeled_counts=(3, 6, 12), eval_stride=(16, 16, 16),
         spacing=(1.0, 1.0, 1.0), dice_from_class=1, dice_smooth=1e-5,
         lists={"labeled": "train_{n}_label.list", "unlabeled": "train_{n}_unlabel.list",
@@ -103,7 +104,7 @@ DATASETS: dict[str, DatasetSpec] = {
     # RGB dermoscopy resized to 256x256 (crossmatch.data.isic), stored H x W x 3 (channel
     # last: the batches move it first); pixels have no physical spacing after the resize
     "isic": DatasetSpec(
-        name="isic", dim=2, n_classes=2, class_names=("Lesion",), in_channels=3,
+        name="isic", display="ISIC 2018", dim=2, n_classes=2, class_names=("Lesion",), in_channels=3,
         crop=(256, 256), labeled_counts=(5, 10, 20),  # percent of the training images
         spacing=None, intensity_range=(0.0, 1.0), single_images=True,
         lists={"labeled": "train_{n}pct_label.list", "unlabeled": "train_{n}pct_unlabel.list",

@@ -36,6 +36,7 @@ class MethodInfo:
     check: Callable[[dict[str, Any]], None] = _no_check  # raise ConfigError on a bad value
     runner: str = ""                    # a module whose train(cfg, run_dir) replaces our Trainer (other code)
     unspelled: tuple[str, ...] = ()     # hyperparameters that do not change the run (where code is read from)
+    display: str = ""                   # the name figures and reports show (default: name)
 
     def hyperparameters(self, dataset: str, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults, then per-dataset defaults, then ``given`` (unknown keys rejected).
@@ -102,7 +103,7 @@ def _check_crossmatch(hp: dict[str, Any]) -> None:
 
 
 CROSSMATCH = MethodInfo(
-    name="crossmatch", module="crossmatch.methods.crossmatch", uses_unlabeled=True,
+    name="crossmatch", display="CrossMatch", module="crossmatch.methods.crossmatch", uses_unlabeled=True,
     defaults={
         "tau": 0.95,            # confidence threshold of the pseudo-labels
         "eta": 0.3,             # kd = (1 - eta) tkd + eta dkd
@@ -131,7 +132,7 @@ def _check_unimatch(hp: dict[str, Any]) -> None:
 
 
 UNIMATCH = MethodInfo(
-    name="unimatch", module="crossmatch.methods.unimatch", uses_unlabeled=True,
+    name="unimatch", display="UniMatch", module="crossmatch.methods.unimatch", uses_unlabeled=True,
     defaults={  # LiheYoung/UniMatch, more-scenarios/medical (configs/acdc.yaml, unimatch.py)
         "tau": 0.95,            # confidence threshold of the pseudo-labels (conf_thresh)
         "fp_p": 0.5,            # channel dropout of the FP stream (nn.Dropout2d(0.5); 3D: Dropout3d)
@@ -163,7 +164,7 @@ def _check_semsim(hp: dict[str, Any]) -> None:
 
 
 SEMSIM = MethodInfo(
-    name="semsim", module="crossmatch.methods.semsim", uses_unlabeled=True, dims=(2,),
+    name="semsim", display="SemSim", module="crossmatch.methods.semsim", uses_unlabeled=True, dims=(2,),
     defaults={
         "tau": 0.95,            # confidence threshold of the pseudo-labels
         "w_u": 0.5,             # weight of L_u = .25 s1 + .25 s2 + .5 fp
@@ -196,7 +197,7 @@ def _check_simcvd(hp: dict[str, Any]) -> None:
 
 
 SIMCVD = MethodInfo(
-    name="simcvd", module="crossmatch.methods.simcvd", uses_unlabeled=True,
+    name="simcvd", display="SimCVD", module="crossmatch.methods.simcvd", uses_unlabeled=True,
     dims=(3,),  # V-Net with a signed distance head
     defaults={
         "ema_decay": 0.999,       # ceiling of the teacher's EMA decay
@@ -230,7 +231,7 @@ def _check_uamt(hp: dict[str, Any]) -> None:
 # 2D: HiLab-git/SSL4MIS code/train_uncertainty_aware_mean_teacher_2D.py
 _UAMT_3D = {"ramp_length": 6000}   # 40 epochs of 150 iterations
 UAMT = MethodInfo(
-    name="uamt", module="crossmatch.methods.uamt", uses_unlabeled=True,
+    name="uamt", display="UA-MT", module="crossmatch.methods.uamt", uses_unlabeled=True,
     defaults={
         "ema_decay": 0.99,        # ceiling of the teacher's EMA decay
         "consistency": 0.1,       # weight of the uncertainty-masked consistency, after its ramp
@@ -255,7 +256,7 @@ def _check_mcnet(hp: dict[str, Any]) -> None:
 # ycwu1997/MC-Net code/train_mcnet_2d.py (2D) and code/train_mcnet_3d.py (3D)
 _MCNET_3D = {"lamda": 0.5, "consistency": 1.0, "ramp_length": 6000}  # 40 epochs of 150
 MCNET = MethodInfo(
-    name="mcnet", module="crossmatch.methods.mcnet", uses_unlabeled=True,
+    name="mcnet", display="MC-Net", module="crossmatch.methods.mcnet", uses_unlabeled=True,
     defaults={
         "lamda": 1.0,             # weight of the two decoders' Dice on labeled data ("lamda" in the code)
         "consistency": 0.1,       # weight of the mutual consistency, after its ramp
@@ -278,7 +279,7 @@ def _check_bcp(hp: dict[str, Any]) -> None:
 
 # DeepMed-Lab-ECNU/BCP code/ACDC_BCP_train.py (2D) and code/LA_BCP_train.py (3D)
 BCP = MethodInfo(
-    name="bcp", module="crossmatch.methods.bcp", uses_unlabeled=True,
+    name="bcp", display="BCP", module="crossmatch.methods.bcp", uses_unlabeled=True,
     defaults={
         "pretrain_fraction": 0.25,  # stage 1 (supervised copy-paste) share of train.iterations: 10k of 10k + 30k
         "u_weight": 0.5,            # weight of the pseudo-labeled region of a mixed image
@@ -306,7 +307,7 @@ def _check_authors(hp: dict[str, Any]) -> None:
 
 # AiEson/CrossMatch's own ACDC training script, run by crossmatch/authors/ (nothing of it copied here)
 CROSSMATCH_AUTHORS = MethodInfo(
-    name="crossmatch_authors", module="", runner="crossmatch.authors.run", uses_unlabeled=True, dims=(2,),
+    name="crossmatch_authors", display="CrossMatch (authors' code)", module="", runner="crossmatch.authors.run", uses_unlabeled=True, dims=(2,),
     defaults={
         "commit": "d00de40",  # d00de40 (the paper's numbers were made with it) | 59772e0 (today's)
         "tau": 0.95,          # its conf_thresh
@@ -318,8 +319,9 @@ CROSSMATCH_AUTHORS = MethodInfo(
 
 # ---------------------------------------------------------------- supervised baselines
 
-SUPERVISED = MethodInfo(name="supervised", module="crossmatch.methods.supervised")
-FULLY_SUPERVISED = MethodInfo(name="fully_supervised", module="crossmatch.methods.supervised", labels_all=True)
+SUPERVISED = MethodInfo(name="supervised", display="Supervised", module="crossmatch.methods.supervised")
+FULLY_SUPERVISED = MethodInfo(name="fully_supervised", display="Fully supervised",
+                              module="crossmatch.methods.supervised", labels_all=True)
 
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (CROSSMATCH, UNIMATCH, SEMSIM, SIMCVD, UAMT, MCNET, BCP,
                                                        SUPERVISED, FULLY_SUPERVISED, CROSSMATCH_AUTHORS)}

@@ -23,6 +23,7 @@ from ..data.specs import get_spec  # noqa: E402
 from ..errors import DataError  # noqa: E402
 from ..io import atomic_path, write_text  # noqa: E402
 from . import collect  # noqa: E402
+from .names import dataset_name, labeled_text, method_colour, method_name, typeset  # noqa: E402
 
 SYNTHETIC_NOTE = "SYNTHETIC PHANTOM DATA — not comparable to the paper."
 CLASS_COLOURS = ("#e41a1c", "#4daf4a", "#377eb8", "#ff7f00", "#984ea3", "#ffff33")
@@ -68,23 +69,37 @@ def ablation_figure(grid: dict[str, Any], name: str, out_prefix: str | Path, che
         n = max(n, stat.n)
     fig, ax = plt.subplots(figsize=(4.5, 3.4))
     curve = spec.get("plot") == "curve" and all(x is not None for x in xs)
+    yerr = np.asarray(stds) if n > 1 else None   # no error bar from one seed
     if curve:
         order = np.argsort(np.asarray(xs, dtype=float))
-        ax.errorbar(np.asarray(xs, float)[order], np.asarray(means)[order], yerr=np.asarray(stds)[order],
-                    marker="o", capsize=3)
-        ax.set_xlabel(str(spec.get("xlabel", "")))
+        ax.errorbar(np.asarray(xs, float)[order], np.asarray(means)[order],
+                    yerr=None if yerr is None else yerr[order], marker="o", capsize=3)
+        _honest_range(ax, np.asarray(means), yerr)
     else:
-        ax.bar(range(len(labels)), means, yerr=stds, capsize=3, color="#377eb8")
+        ax.bar(range(len(labels)), means, yerr=yerr, capsize=3, color=method_colour(spec.get("method", "")))
         ax.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 3 else 0)
-        ax.set_xlabel(str(spec.get("xlabel", "")))
+    ax.set_xlabel(typeset(str(spec.get("xlabel", ""))))
     ax.set_ylabel("test mean Dice (%)")
-    labeled = spec["labeled"][0]
-    ax.set_title(_title(grid, spec["dataset"], f"{spec.get('title', name)} — {spec['dataset'].upper()}, "
-                                                f"{labeled} labeled"), fontsize=9)
+    labeled, where = spec["labeled"][0], dataset_name(spec["dataset"])
+    title = typeset(str(spec.get("title", name)))
+    ax.set_title(_title(grid, spec["dataset"], f"{title} — {where}, {labeled_text(spec['dataset'], labeled)}"),
+                 fontsize=9)
     ax.grid(alpha=0.3)
-    caption = (f"Ablation '{spec.get('title', name)}' on {spec['dataset'].upper()} ({labeled} labeled): "
-               f"test mean Dice (%) of the {_checkpoint_text(checkpoint)}, mean ± sample std over n = {n} seeds.")
+    spread = "mean ± sample std over n = {n} seeds" if n > 1 else "n = 1 seed (no error bar)"
+    caption = (f"Ablation '{spec.get('title', name)}' on {where} ({labeled_text(spec['dataset'], labeled)}): "
+               f"test mean Dice (%) of the {_checkpoint_text(checkpoint)}, {spread.format(n=n)}.")
     _save(fig, out_prefix, caption, grid, spec["dataset"])
+
+
+def _honest_range(ax: plt.Axes, means: np.ndarray, yerr: np.ndarray | None, span: float = 10.0) -> None:
+    """A y range of at least ``span`` Dice points, so that a fraction of a point
+    does not fill the axis and look like a collapse."""
+    lo = np.nanmin(means - (0 if yerr is None else yerr))
+    hi = np.nanmax(means + (0 if yerr is None else yerr))
+    if np.isfinite(lo) and np.isfinite(hi) and hi - lo < span:
+        mid = (hi + lo) / 2
+        bottom = min(max(0.0, mid - span / 2), 100.0 - span)
+        ax.set_ylim(bottom, bottom + span)
 
 
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
@@ -121,22 +136,24 @@ def training_curves(grid: dict[str, Any], dataset: str, out_prefix: str | Path) 
         labeled, ids = collect.first_cell(spec, row)
         logs = [collect.read_log(grid, rid) for rid in ids]
         n_seeds = max(n_seeds, len(ids))
-        label = f"{row['label']} ({labeled} labeled)"
+        method = row.get("method", "")
+        label = f"{method_name(method) if method else row['label']} ({labeled_text(dataset, labeled)})"
+        colour = method_colour(method)
         labeled_shown.append(labeled)
         its, loss = _mean_over_seeds(logs, "loss")
         if its.size:
-            ax_loss.plot(its, _smooth(loss, max(1, len(its) // 50)), label=label, lw=1.2)
+            ax_loss.plot(its, _smooth(loss, max(1, len(its) // 50)), label=label, lw=1.2, color=colour)
         its, val = _mean_over_seeds(logs, "val_dice")
         if its.size:
-            ax_val.plot(its, 100 * val, marker="o", ms=3, label=label, lw=1.2)
+            ax_val.plot(its, 100 * val, marker="o", ms=3, label=label, lw=1.2, color=colour)
     ax_loss.set(xlabel="iteration", ylabel="training loss (smoothed)", title="Training loss")
     ax_val.set(xlabel="iteration", ylabel="validation mean Dice (%)", title="Validation Dice")
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
-    fig.suptitle(_title(grid, dataset, f"Training curves — {dataset.upper()}"), fontsize=10)
-    caption = (f"Training curves on {dataset.upper()} (per method, its first labeled count): total training "
+    fig.suptitle(_title(grid, dataset, f"Training curves — {dataset_name(dataset)}"), fontsize=10)
+    caption = (f"Training curves on {dataset_name(dataset)} (per method, its first labeled count): total training "
                f"loss (trailing moving average over 2% of the iterations) and validation mean Dice (%) "
                f"vs iteration, mean over {n_seeds} seeds.")
     _save(fig, out_prefix, caption, grid, dataset)
@@ -170,7 +187,8 @@ def qualitative(grid: dict[str, Any], dataset: str, out_prefix: str | Path, n_ca
     """
     spec = collect.comparison_table(grid, dataset)
     ds = get_spec(dataset)
-    runs = [(str(row["label"]), *collect.first_cell(spec, row)) for row in spec["rows"]]
+    runs = [(method_name(row["method"]) if row.get("method") else str(row["label"]), *collect.first_cell(spec, row))
+            for row in spec["rows"]]
     runs = [(label, labeled, ids[0]) for label, labeled, ids in runs]
     per_run = {rid: collect.per_case_dice(grid, rid, checkpoint) for _, _, rid in runs}
     cases = sorted(set.intersection(*(set(s) for s in per_run.values())))
@@ -195,7 +213,7 @@ def qualitative(grid: dict[str, Any], dataset: str, out_prefix: str | Path, n_ca
             if pred.shape != label.shape:
                 raise DataError(f"run {rid}: prediction of {case} has shape {pred.shape}, the volume "
                                 f"{label.shape}; re-run `crossmatch evaluate --run {collect.run_dir(grid, rid)}`")
-            extra = f" ({lab} labeled)" if lab != runs[0][1] else ""
+            extra = f" ({labeled_text(dataset, lab)})" if lab != runs[0][1] else ""
             panels.append((f"{mlabel}{extra}\nDice {100 * per_run[rid][case]:.1f}%", pred, None))
         for c, (name, mask, _) in enumerate(panels):
             ax = axes[r, c]
@@ -207,13 +225,16 @@ def qualitative(grid: dict[str, Any], dataset: str, out_prefix: str | Path, n_ca
             ax.set_title(name if r == 0 or c >= 2 else "", fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[r, 0].set_ylabel(f"{case}\nslice {k}", fontsize=7)
+        # 2D volumes: the slice file's own number (`<case>_slice_<k+1>.h5`); 3D: the axial index
+        where = "" if label.ndim == 2 else f"\nslice {k + 1}" if ds.dim == 2 else f"\naxial z = {k}"
+        axes[r, 0].set_ylabel(f"{case}{where}", fontsize=7)
     fig.legend(handles=[Patch(color=CLASS_COLOURS[i], label=n) for i, n in enumerate(ds.class_names)],
                loc="lower center", ncol=len(ds.class_names), fontsize=7, frameon=False)
     labeled = runs[0][1]
-    fig.suptitle(_title(grid, dataset, f"Qualitative results — {dataset.upper()}, {labeled} labeled"),
+    fig.suptitle(_title(grid, dataset, f"Qualitative results — {dataset_name(dataset)}, "
+                                       f"{labeled_text(dataset, labeled)}"),
                  fontsize=10)
-    caption = (f"Qualitative results on {dataset.upper()} test cases {', '.join(cases)} (picked at evenly "
+    caption = (f"Qualitative results on {dataset_name(dataset)} test cases {', '.join(cases)} (picked at evenly "
                f"spaced quantiles of the mean per-case Dice over methods; slice with the most ground-truth "
                f"foreground): image, ground truth and each method's prediction with its case mean Dice; "
                f"first seed, first labeled count, {_checkpoint_text(checkpoint)}.")
@@ -246,14 +267,15 @@ def protocol_curves(grid: dict[str, Any], dataset: str, out_prefix: str | Path) 
                 ax.plot(p["iteration"], 100 * p["test_dice"], marker=marker, ms=8 if marker == "*" else 6,
                         mfc="none" if name != "best_test" else colour, mec=colour, ls="none",
                         label=name if k == 0 else None)
-        ax.set(title=f"{c.label} ({c.labeled} labeled)", xlabel="iteration")
+        ax.set(title=f"{method_name(c.method) if c.method else c.label} ({labeled_text(dataset, c.labeled)})",
+               xlabel="iteration")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean Dice (%)")
     # beside the panels, not on one: the curves of the last panel stay visible
     axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    fig.suptitle(_title(grid, dataset, f"Validation and test Dice over training — {dataset.upper()}"), fontsize=10,
+    fig.suptitle(_title(grid, dataset, f"Validation and test Dice over training — {dataset_name(dataset)}"), fontsize=10,
                  y=1.02)
-    caption = (f"Validation (dashed) and test (solid) mean Dice (%) of every snapshot on {dataset.upper()}, per "
+    caption = (f"Validation (dashed) and test (solid) mean Dice (%) of every snapshot on {dataset_name(dataset)}, per "
                "method and seed; markers: the checkpoint each protocol selects (square final, circle best_val "
                "= ours, triangle valtest = best on validation + test, star best_test = best on the test set), "
                "placed at its test Dice. Scored after training by `crossmatch protocols`; selection never "
