@@ -243,6 +243,7 @@ def qualitative(grid: dict[str, Any], dataset: str, out_prefix: str | Path, n_ca
 
 
 PROTOCOL_MARKERS = {"final": "s", "best_val": "o", "valtest": "^", "best_test": "*"}
+PROTOCOL_SIZES = {"final": 6, "best_val": 10, "valtest": 14, "best_test": 6}   # concentric when they coincide
 
 
 def protocol_curves(grid: dict[str, Any], dataset: str, out_prefix: str | Path) -> None:
@@ -254,8 +255,12 @@ def protocol_curves(grid: dict[str, Any], dataset: str, out_prefix: str | Path) 
     for c in cells(grid, dataset):
         shown.setdefault(c.label, c)  # the first labeled count of each row
     n = len(shown)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False, sharey=True)
-    for ax, c in zip(axes[0], shown.values()):
+    cols = min(n, 3)   # a grid that stays readable when the report shrinks it
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, c in zip(axes.flat, shown.values()):
         for k, (seed, s) in enumerate(sorted(c.by_seed.items())):
             its, val, test = (np.asarray(s["curve"][key], dtype=float)
                               for key in ("iteration", "val_dice", "test_dice"))
@@ -264,20 +269,23 @@ def protocol_curves(grid: dict[str, Any], dataset: str, out_prefix: str | Path) 
             ax.plot(its, 100 * test, ls="-", lw=1.2, color=colour, label=f"seed {seed} test")
             for name, marker in PROTOCOL_MARKERS.items():
                 p = s["protocols"][name]
-                ax.plot(p["iteration"], 100 * p["test_dice"], marker=marker, ms=8 if marker == "*" else 6,
+                # outlines of different sizes: protocols that pick one checkpoint show as concentric marks
+                ax.plot(p["iteration"], 100 * p["test_dice"], marker=marker, ms=PROTOCOL_SIZES[name],
                         mfc="none" if name != "best_test" else colour, mec=colour, ls="none",
                         label=name if k == 0 else None)
-        ax.set(title=f"{method_name(c.method) if c.method else c.label} ({labeled_text(dataset, c.labeled)})",
-               xlabel="iteration")
+        name = method_name(c.method) if c.method else c.label
+        ax.set_title(f"{name}\n{labeled_text(dataset, c.labeled)}", fontsize=9)
+        ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("mean Dice (%)")
+    for r in range(rows):
+        axes[r][0].set_ylabel("mean Dice (%)")
     # beside the panels, not on one: the curves of the last panel stay visible
-    axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    axes[0][cols - 1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.suptitle(_title(grid, dataset, f"Validation and test Dice over training — {dataset_name(dataset)}"), fontsize=10,
-                 y=1.02)
+                 y=1.0 + 0.1 / rows)   # above the two-line panel titles
     caption = (f"Validation (dashed) and test (solid) mean Dice (%) of every snapshot on {dataset_name(dataset)}, per "
                "method and seed; markers: the checkpoint each protocol selects (square final, circle best_val "
                "= ours, triangle valtest = best on validation + test, star best_test = best on the test set), "
-               "placed at its test Dice. Scored after training by `crossmatch protocols`; selection never "
+               "placed at its test Dice; protocols that select the same checkpoint show as concentric marks. Scored after training by `crossmatch protocols`; selection never "
                "reads the test curve.")
     _save(fig, out_prefix, caption, grid, dataset)
