@@ -117,7 +117,9 @@ def _config(a: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .data.specs import DATASETS
     from .data.splits import MISSING_POLICIES
-    p = argparse.ArgumentParser(prog="crossmatch", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="crossmatch", description="crossmatch-repro: data checks, preprocessing, "
+                                "training, evaluation and reports of the CrossMatch reproduction (one sub-command "
+                                "each; `crossmatch <command> --help` for its options)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("check-data", help="verify raw files against a manifest (optionally download)",

@@ -13,6 +13,14 @@ def test_every_command_has_help(verb):
     assert "usage: crossmatch" in out
 
 
+def test_help_is_plain_text():
+    """No reStructuredText markup (the module docstrings') in what --help prints."""
+    for verb in ([], ["train"], ["evaluate"], ["report"]):
+        out = subprocess.run([sys.executable, "-m", "crossmatch", *verb, "--help"],
+                             capture_output=True, text=True, check=True).stdout
+        assert "``" not in out, verb
+
+
 def test_user_errors_print_without_traceback(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r"), "--set", "train.nope=1"]) == 2
     err = capsys.readouterr().err
