@@ -263,7 +263,9 @@ class Trainer:
             stale.unlink()
         latest = self.run.checkpoint("latest")
         state = load_checkpoint(latest, "cpu", remedy=RESTART) if latest.is_file() else None
-        earlier = [p.name for p in (self.run.log, self.run.checkpoints, self.run.root / "eval") if p.exists()]
+        # (an empty folder is no output: Snakemake creates checkpoints/ before the job runs)
+        earlier = [p.name for p in (self.run.log, self.run.checkpoints, self.run.root / "eval")
+                   if p.is_file() or p.is_dir() and any(f.is_file() for f in p.rglob("*"))]
         if state is None and earlier:   # no run to resume, yet outputs of an earlier one: never count them
             moved = self.run.supersede()
             print(f"{self.exp}: no latest.pt to resume, so training starts afresh; the earlier outputs "

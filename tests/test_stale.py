@@ -90,3 +90,11 @@ def test_protocols_refuse_a_snapshot_of_another_run(trained: Path) -> None:
     torch.save(state, snap)
     with pytest.raises(DataError, match=r"iter_000002\.pt holds the weights of acdc/supervised/l3/default/s0"):
         score_run(trained, "cpu")
+
+
+def test_a_first_run_into_prepared_empty_folders_moves_nothing(acdc_root, tmp_path: Path) -> None:
+    """Snakemake creates an output's folder (checkpoints/) before the job runs:
+    an empty folder is not an earlier run's output."""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    train(config.resolve(tiny_overrides(acdc_root, iterations=2, val_every=2)), tmp_path / "run")
+    assert not (tmp_path / "run" / "superseded").exists()
