@@ -102,7 +102,7 @@ class Run:
         """The run and checkpoint (or ``protocols``) a ``summary.json`` path belongs to."""
         path = Path(path)
         run, checkpoint = cls(path.parents[2]), path.parent.name
-        if checkpoint == "protocols" and run.protocols / "summary.json" == path:
+        if checkpoint == "protocols" and run.protocols / SUMMARY == path:
             return run, checkpoint
         if checkpoint not in EVAL_CHECKPOINTS or run.summary(checkpoint) != path:
             raise ValueError(f"{path} is not a run's eval/<checkpoint>/summary.json")

@@ -38,7 +38,7 @@ from .errors import DataError
 from .evaluate import load_run, predict_volume
 from .factories import make_model, pick_device, splits_for
 from .io import atomic_path, write_json
-from .layout import Run
+from .layout import SUMMARY, Run
 from .metrics import dice
 
 # name -> what it selects; the order is the tables'
@@ -49,7 +49,6 @@ PROTOCOLS = {
     "best_test": "the best test mean Dice during training (the LA reference code, BCP): optimistic by construction",
 }
 CURVE = "curve.csv"
-SUMMARY = "summary.json"
 
 
 def _snapshot_rows(model: torch.nn.Module, it: int, files: dict[str, list[Path]], spec, cfg, dev) -> list[dict]:
