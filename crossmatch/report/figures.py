@@ -257,7 +257,8 @@ def protocol_curves(grid: dict[str, Any], dataset: str, out_prefix: str | Path) 
     n = len(shown)
     cols = min(n, 3)   # a grid that stays readable when the report shrinks it
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False, sharey=True,
+                             layout="constrained")   # titles, labels and legend kept apart in every row
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     for ax, c in zip(axes.flat, shown.values()):
@@ -281,8 +282,8 @@ def protocol_curves(grid: dict[str, Any], dataset: str, out_prefix: str | Path) 
         axes[r][0].set_ylabel("mean Dice (%)")
     # beside the panels, not on one: the curves of the last panel stay visible
     axes[0][cols - 1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    fig.suptitle(_title(grid, dataset, f"Validation and test Dice over training — {dataset_name(dataset)}"), fontsize=10,
-                 y=1.0 + 0.1 / rows)   # above the two-line panel titles
+    fig.suptitle(_title(grid, dataset, f"Validation and test Dice over training — {dataset_name(dataset)}"),
+                 fontsize=10)
     caption = (f"Validation (dashed) and test (solid) mean Dice (%) of every snapshot on {dataset_name(dataset)}, per "
                "method and seed; markers: the checkpoint each protocol selects (square final, circle best_val "
                "= ours, triangle valtest = best on validation + test, star best_test = best on the test set), "
